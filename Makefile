@@ -1,0 +1,34 @@
+# Two entry points for a new user (see README): `make artifacts` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU/gloo reference stack; the Docker image pins torch 2.5.1 + CUDA 12.1 instead.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+SCALE ?= default
+
+.PHONY: setup test test-all artifacts benchmarks clean-runs
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[text,notebooks,test]"
+	$(PY) -m ipykernel install --user --name python3 >/dev/null
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+test-all: setup
+	$(PY) -m pytest -q -m "slow or not slow"
+
+artifacts: setup
+	$(PY) -m paso_core.reproduce --scale $(SCALE)
+
+benchmarks: setup
+	$(PY) benchmarks/paso_scaling.py --out artifacts
+
+clean-runs:
+	rm -rf artifacts/runs

@@ -1,0 +1,280 @@
+"""PASO: step-parallel training by fixed-point iteration over a sliding window of P steps.
+
+One worker per window position. Each iteration: every worker computes the gradient of
+its step at its current guess; the window is rolled out from the exact start state
+(prefix scan, or a relay chain for coupled weight decay); each rollout iterate is
+compared with the next position's guess; the converged prefix is accepted and the
+window slides (see ``../shared/notes/paso.md``).
+
+Memory per rank: its guess (the model's parameters), one gradient, one optimizer state,
+and a few parameter-sized scan buffers, whatever ``P`` is. Positions rotate over ranks
+as the window slides, so the new window start is simply the rank that already holds the
+accepted state: nothing is copied except the last iterate to the new tail positions.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..context import WorkerContext
+from ..optim.scan import param_coeff, param_map, prefix_scan, state_coeffs, state_maps
+from ..optim.updates import OptimSpec, clip_flat_, functional_step, init_state
+from ..tasks.base import Task
+from .common import final_report, flat_grad, flat_params, loss_and_grad, should_eval
+
+
+@dataclass
+class Window:
+    """Bookkeeping that every rank holds identically (decided from gathered scalars)."""
+
+    start: int = 0          # b: first step of the window (its guess is exact)
+    start_rank: int = 0     # rank holding window position 0
+    threshold: float = 0.0
+    iterations: int = 0     # K
+    grad_evals: int = 0     # G
+    last_loss: float = float("nan")
+    history: list[int] = field(default_factory=list)
+
+    def position(self, rank: int, size: int) -> int:
+        return (rank - self.start_rank) % size
+
+    def rank_of(self, pos: int, size: int) -> int:
+        return (self.start_rank + pos) % size
+
+
+def accepted_steps(errors: list[float], threshold: float, window: int) -> int:
+    """Steps accepted this iteration: up to the first error above the threshold, at least 1.
+
+    ``errors[i]`` compares rollout iterate ``b+i+1`` with the guess of position ``i+1``; a
+    NaN error counts as not converged.
+    """
+    for i, err in enumerate(errors):
+        if not err <= threshold:
+            return i + 1
+    return window
+
+
+def updated_threshold(threshold: float, errors: list[float], ema_decay: float, adaptivity: str) -> float:
+    """``tol <- tol*ema + e*(1-ema)`` with ``e`` the mean or median of the window's errors."""
+    finite = [e for e in errors if math.isfinite(e)]
+    if not finite or ema_decay == 1.0:
+        return threshold
+    stat = statistics.fmean(finite) if adaptivity == "mean" else statistics.median(finite)
+    return threshold * ema_decay + stat * (1 - ema_decay)
+
+
+def choose_rollout(requested: str, spec: OptimSpec) -> str:
+    if requested == "scan" and spec.coupled_weight_decay:
+        raise ValueError(f"rollout='scan' cannot handle optimizer={spec.name!r} with weight_decay="
+                         f"{spec.weight_decay} (coupled); use rollout='relay' or 'auto'")
+    if requested == "auto":
+        return "relay" if spec.coupled_weight_decay else "scan"
+    return requested
+
+
+class PasoWorker:
+    """One rank's part of PASO: its guess, gradient and optimizer state."""
+
+    def __init__(self, ctx: WorkerContext, task: Task) -> None:
+        self.ctx, self.task, self.cfg = ctx, task, ctx.cfg
+        self.P = ctx.world
+        self.spec = OptimSpec.from_config(self.cfg)
+        self.rollout = choose_rollout(self.cfg.rollout, self.spec)
+        self.model = task.build_model()
+        self.x = flat_params(self.model)          # this rank's guess (the model's parameters)
+        self.grad = torch.zeros_like(self.x)
+        self.state = init_state(self.spec, self.x)
+        self.tail_buffer = torch.empty(self.x.numel() * (2 if self.cfg.init == "extrapolate" else 1),
+                                       dtype=self.x.dtype, device=self.x.device)
+        self.win = Window(threshold=self.cfg.threshold)
+
+    # --------------------------------------------------------------- one iteration
+    def gradient(self, pos: int, active: bool) -> tuple[float, float]:
+        if not active:
+            self.grad.zero_()
+            return float("nan"), 0.0
+        tic = time.perf_counter()
+        step = self.win.start + pos
+        loss = loss_and_grad(self.task, self.model, self.task.train_batch(step), step)
+        flat_grad(self.model, self.grad)
+        clip_flat_(self.grad, self.spec.grad_clip)
+        return loss, time.perf_counter() - tic
+
+    def scan_rollout(self, pos: int, active: bool, window: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Both phases of the affine prefix scan; returns this position's rolled-out state."""
+        spec, b, names = self.spec, self.win.start, self.spec.state_names
+
+        def exchange(tensor: torch.Tensor, offset: int) -> torch.Tensor | None:
+            send = self.win.rank_of(pos + offset, self.P) if pos + offset < self.P else None
+            recv = self.win.rank_of(pos - offset, self.P) if pos - offset >= 0 else None
+            return self.ctx.comm.exchange(tensor, send, recv)
+
+        def coeffs1(p: int) -> list[float]:
+            return [0.0] * len(names) if p == 0 else (state_coeffs(spec, b + p) if p < window else [1.0] * len(names))
+
+        def coeffs2(p: int) -> list[float]:
+            return [0.0] if p == 0 else ([param_coeff(spec, b + p)] if p < window else [1.0])
+
+        if pos == 0:
+            x0, s0 = functional_step(spec, b, self.x, self.state, self.grad)
+            own1 = [s0[k] for k in names]
+        elif active:
+            own1 = [c for _, c in state_maps(spec, b + pos, self.grad)]
+        else:
+            own1 = [torch.zeros_like(self.x) for _ in names]
+        states = prefix_scan([coeffs1(p) for p in range(self.P)], own1, pos, exchange)
+        if pos == 0:
+            own2 = x0
+        elif active:
+            own2 = param_map(spec, b + pos, states, self.grad)[1]
+        else:
+            own2 = torch.zeros_like(self.x)
+        out_x = prefix_scan([coeffs2(p) for p in range(self.P)], [own2], pos, exchange)[0]
+        return out_x, dict(zip(names, states))
+
+    def relay_rollout(self, pos: int, active: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Sequential chain: receive the state from position pos-1, step, pass it on (O(d) per rank)."""
+        names, d = self.spec.state_names, self.x.numel()
+        if pos == 0:
+            x, state = self.x, self.state
+        else:
+            like = torch.empty(d * (1 + len(names)), dtype=self.x.dtype, device=self.x.device)
+            packed = self.ctx.comm.exchange(None, None, self.win.rank_of(pos - 1, self.P), recv_like=like)
+            x = packed[:d]
+            state = {k: packed[(i + 1) * d:(i + 2) * d] for i, k in enumerate(names)}
+        if active:
+            x, state = functional_step(self.spec, self.win.start + pos, x, state, self.grad)
+        if pos + 1 < self.P:
+            packed = torch.cat([x] + [state[k] for k in names])
+            self.ctx.comm.exchange(packed, self.win.rank_of(pos + 1, self.P), None)
+        return x.clone(), {k: v.clone() for k, v in state.items()}
+
+    def error_with_next_guess(self, pos: int, window: int, out_x: torch.Tensor) -> float:
+        """``mean((x'_{b+pos+1} - x̂_{b+pos+1})^2) * 1e6`` using the next position's guess."""
+        send = self.win.rank_of(pos - 1, self.P) if 0 < pos < window else None
+        recv = self.win.rank_of(pos + 1, self.P) if pos + 1 < window else None
+        next_guess = self.ctx.comm.exchange(self.x, send, recv, recv_like=self.x)
+        if next_guess is None:
+            return float("nan")
+        return float(((out_x - next_guess) ** 2).mean()) * 1e6
+
+    def slide(self, pos: int, window: int, accepted: int, out_x: torch.Tensor,
+              out_state: dict[str, torch.Tensor]) -> None:
+        """Keep rolled-out iterates, seed the new tail from the last one, rotate positions."""
+        is_tail = pos < accepted - 1
+        if not is_tail:
+            self.x.copy_(out_x)
+            self.state = out_state
+        if accepted >= 2:
+            source = self.win.rank_of(window - 1, self.P)
+            d = self.x.numel()
+            if self.ctx.rank == source:
+                self.tail_buffer[:d].copy_(out_x)
+                if self.cfg.init == "extrapolate":
+                    self.tail_buffer[d:].copy_(out_x - self._guess_before_slide)
+            self.ctx.comm.broadcast_(self.tail_buffer, src=source)
+            if is_tail:
+                k = pos + 1  # this rank becomes tail position P-accepted+k
+                self.x.copy_(self.tail_buffer[:d])
+                if self.cfg.init == "extrapolate":
+                    self.x.add_(self.tail_buffer[d:], alpha=float(k))
+        self.win.start_rank = self.win.rank_of(accepted - 1, self.P)
+
+    def iterate(self) -> dict[str, Any]:
+        ctx, win = self.ctx, self.win
+        pos = win.position(ctx.rank, self.P)
+        window = min(self.P, self.cfg.steps - win.start)
+        active = pos < window
+        comm_before, tic = ctx.comm.seconds, time.perf_counter()
+        loss, t_grad = self.gradient(pos, active)
+        if self.cfg.init == "extrapolate":
+            self._guess_before_slide = self.x.clone() if pos == window - 1 else None
+        tic_roll = time.perf_counter()
+        if self.rollout == "scan":
+            out_x, out_state = self.scan_rollout(pos, active, window)
+        else:
+            out_x, out_state = self.relay_rollout(pos, active)
+        err = self.error_with_next_guess(pos, window, out_x)
+        t_roll = time.perf_counter() - tic_roll
+        t_comm = ctx.comm.seconds - comm_before
+        gathered = ctx.comm.all_gather_floats([pos, err, loss, t_grad, t_comm, t_roll - t_comm,
+                                               float(ctx.comm.bytes_sent)])
+        by_pos = gathered[gathered[:, 0].argsort()]
+        errors = by_pos[:window - 1, 1].tolist()
+        accepted = accepted_steps(errors, win.threshold, window)
+        row = {
+            "iteration": win.iterations + 1, "window_start": win.start, "window_size": window,
+            "accepted": accepted, "threshold": win.threshold,
+            "err_mean": statistics.fmean(errors) if errors else float("nan"),
+            "err_median": statistics.median(errors) if errors else float("nan"),
+            "err_max": max(errors) if errors else float("nan"),
+            "train_loss": float(by_pos[0, 2]),
+            "time_grad_s": float(gathered[:, 3].max()), "time_comm_s": float(gathered[:, 4].max()),
+            "time_rollout_s": float(gathered[:, 5].max()),
+            "bytes_sent_rank0": int(gathered[0, 6]), "bytes_sent_max": int(gathered[:, 6].max()),
+            "iteration_time_s": time.perf_counter() - tic,
+        }
+        ctx.check_finite(row["train_loss"], f"step {win.start} (window start)")
+        win.last_loss = float(by_pos[window - 1, 2])
+        win.threshold = updated_threshold(win.threshold, errors, self.cfg.ema_decay, self.cfg.adaptivity)
+        self.slide(pos, window, accepted, out_x, out_state)
+        win.start += accepted
+        win.iterations += 1
+        win.grad_evals += window
+        row.update({"steps_done": win.start, "grad_evals": win.grad_evals})
+        return row
+
+    # ------------------------------------------------------------ checkpointing
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"x": self.x.clone(), "state": {k: v.clone() for k, v in self.state.items()},
+                "window": vars(self.win).copy()}
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        self.x.copy_(checkpoint["x"])
+        self.state = {k: v.to(self.x.device) for k, v in checkpoint["state"].items()}
+        self.win = Window(**checkpoint["window"])
+
+    def gather_final_model(self) -> torch.nn.Module:
+        """Bring the final parameters (held by window position 0) to every rank."""
+        self.ctx.comm.broadcast_(self.x, src=self.win.start_rank)
+        return self.model
+
+    def evaluate_window_start(self) -> dict[str, float]:
+        holder = self.win.start_rank
+        metrics = self.task.evaluate(self.model) if self.ctx.rank == holder else None
+        return self.ctx.comm.broadcast_object(metrics, src=holder)
+
+
+def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
+    worker = PasoWorker(ctx, task)
+    checkpoint = ctx.load_checkpoint()
+    if checkpoint is not None:
+        worker.restore(checkpoint)
+        ctx.log.info("resumed at step %d (iteration %d)", worker.win.start, worker.win.iterations)
+    ctx.open_metrics(keep_rows=checkpoint["metrics_rows"] if checkpoint and ctx.is_main else None)
+    ctx.log.info("PASO: P=%d rollout=%s threshold=%g ema=%g", worker.P, worker.rollout,
+                 ctx.cfg.threshold, ctx.cfg.ema_decay)
+    T = ctx.cfg.steps
+    while worker.win.start < T:
+        before = worker.win.start
+        row = worker.iterate()
+        if should_eval(ctx, worker.win.start, before):
+            row.update({f"eval_{k}": v for k, v in worker.evaluate_window_start().items()})
+        ctx.log_row(row)
+        if row["iteration"] % ctx.cfg.log_every == 0 or worker.win.start >= T:
+            ctx.progress(worker.win.start, T, iters=row["iteration"], loss=row["train_loss"],
+                         accepted=row["accepted"])
+        if ctx.due_for_checkpoint(worker.win.iterations, worker.win.iterations - 1):
+            ctx.save_checkpoint(worker.checkpoint_state())
+        ctx.maybe_stop(worker.win.iterations)
+    model = worker.gather_final_model()
+    win = worker.win
+    summary = final_report(ctx, task, model, T, win.iterations, win.grad_evals, win.last_loss)
+    summary.update({"P": worker.P, "rollout": worker.rollout, "final_threshold": win.threshold})
+    return summary

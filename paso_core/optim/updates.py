@@ -1,0 +1,142 @@
+"""Optimizer update rules as pure functions on flat tensors, matching ``torch.optim``.
+
+Serial training uses ``torch.optim`` itself. Step-parallel methods (PASO, OptEx) must
+apply the *same* update many times from states they build themselves, so they use these
+functions, which follow torch's arithmetic (same formulas, same operation order) and are
+unit-tested against it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..config import RunConfig
+
+STATE_NAMES: dict[str, tuple[str, ...]] = {
+    "sgd": (),
+    "momentum": ("buf",),
+    "adam": ("m", "v"),
+    "adamw": ("m", "v"),
+}
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """The hyper-parameters of one optimizer and its learning-rate schedule."""
+
+    name: str
+    lr: float
+    steps: int
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> "OptimSpec":
+        return cls(
+            name=cfg.optimizer, lr=cfg.lr, steps=cfg.steps, schedule=cfg.lr_schedule,
+            warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio,
+            momentum=cfg.momentum, beta1=cfg.betas[0], beta2=cfg.betas[1], eps=cfg.eps,
+            weight_decay=cfg.resolved_weight_decay, grad_clip=cfg.grad_clip,
+        )
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return STATE_NAMES[self.name]
+
+    @property
+    def coupled_weight_decay(self) -> bool:
+        """True when weight decay enters the gradient (SGD/Adam), which couples x into the state."""
+        return self.weight_decay > 0 and self.name != "adamw"
+
+
+def lr_at(spec: OptimSpec, step: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then constant or cosine."""
+    if spec.warmup_steps and step < spec.warmup_steps:
+        return spec.lr * (step + 1) / spec.warmup_steps
+    if spec.schedule == "constant":
+        return spec.lr
+    span = max(1, spec.steps - spec.warmup_steps)
+    progress = min(1.0, (step - spec.warmup_steps) / span)
+    floor = spec.lr * spec.min_lr_ratio
+    return floor + (spec.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_torch_optimizer(spec: OptimSpec, params) -> torch.optim.Optimizer:
+    """The ``torch.optim`` optimizer equivalent to ``spec`` (single-tensor path, for exactness)."""
+    if spec.name == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, weight_decay=spec.weight_decay, foreach=False)
+    if spec.name == "momentum":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
+                               weight_decay=spec.weight_decay, foreach=False)
+    betas = (spec.beta1, spec.beta2)
+    if spec.name == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, betas=betas, eps=spec.eps,
+                                weight_decay=spec.weight_decay, foreach=False)
+    return torch.optim.AdamW(params, lr=spec.lr, betas=betas, eps=spec.eps,
+                             weight_decay=spec.weight_decay, foreach=False)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def clip_factor(grad_norm: float, max_norm: float | None) -> float:
+    """The factor ``torch.nn.utils.clip_grad_norm_`` multiplies gradients by."""
+    if max_norm is None:
+        return 1.0
+    return min(1.0, max_norm / (grad_norm + 1e-6))
+
+
+def clip_flat_(grad: torch.Tensor, max_norm: float | None) -> torch.Tensor:
+    """Clip a flat gradient by its global L2 norm, in place, like ``clip_grad_norm_``."""
+    if max_norm is not None:
+        factor = clip_factor(float(torch.linalg.vector_norm(grad)), max_norm)
+        if factor < 1.0:
+            grad.mul_(factor)
+    return grad
+
+
+def init_state(spec: OptimSpec, like: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Zero optimizer state for a flat parameter vector (torch starts from zeros too)."""
+    return {name: torch.zeros_like(like) for name in spec.state_names}
+
+
+def adam_direction(spec: OptimSpec, step: int, m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Adam's bias-corrected direction ``m̂ / (sqrt(v̂) + eps)`` scaled so ``x -= lr * u``."""
+    bc1 = 1 - spec.beta1 ** (step + 1)
+    bc2_sqrt = (1 - spec.beta2 ** (step + 1)) ** 0.5
+    denom = (v.sqrt() / bc2_sqrt).add_(spec.eps)
+    return (m / denom).div_(bc1)
+
+
+def functional_step(spec: OptimSpec, step: int, x: torch.Tensor, state: dict[str, torch.Tensor],
+                    grad: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step ``(x, state, grad) -> (x', state')`` without touching the inputs.
+
+    ``grad`` must already be clipped. ``step`` is 0-based (torch's step count is step+1).
+    """
+    lr = lr_at(spec, step)
+    wd = spec.weight_decay
+    if spec.name in ("sgd", "momentum"):
+        d = grad + wd * x if wd else grad
+        if spec.name == "momentum":
+            buf = d.clone() if step == 0 else state["buf"] * spec.momentum + d
+            return x - lr * buf, {"buf": buf}
+        return x - lr * d, {}
+    if spec.name == "adam" and wd:
+        grad = grad + wd * x
+    m = torch.lerp(state["m"], grad, 1 - spec.beta1)
+    v = state["v"] * spec.beta2 + (1 - spec.beta2) * grad * grad
+    base = x * (1 - lr * wd) if spec.name == "adamw" else x
+    return base - lr * adam_direction(spec, step, m, v), {"m": m, "v": v}

@@ -1,0 +1,101 @@
+"""Run directories: where a run lives, what it holds, and how to read it back.
+
+A run directory is the unit of reproducibility: ``config.json`` (every option),
+``metrics.csv`` (one row per step or PASO iteration), ``summary.json``, ``final.pt``
+and ``logs/rank*.log``. Notebooks and reports only ever read these files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .config import RunConfig
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+def artifacts_root() -> Path:
+    """``$PASO_ARTIFACTS``, else the checkout's ``artifacts/``, else ``./artifacts``."""
+    import os
+
+    env = os.environ.get("PASO_ARTIFACTS")
+    if env:
+        return Path(env)
+    checkout = PACKAGE_ROOT.parent / "artifacts"
+    if (PACKAGE_ROOT.parent / "pyproject.toml").exists():
+        return checkout
+    return Path.cwd() / "artifacts"
+
+
+def config_digest(cfg: RunConfig) -> str:
+    """A short hash of the options that change results (not paths or progress display)."""
+    ignored = {"out_dir", "run_name", "progress", "resume", "stop_after", "checkpoint_every"}
+    data = {k: v for k, v in cfg.to_dict().items() if k not in ignored}
+    return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    detail = cfg.function if cfg.task == "synthetic" else f"{cfg.dataset}-{cfg.model}"
+    return f"{cfg.method}-{cfg.task}-{detail}-s{cfg.seed}-{config_digest(cfg)}"
+
+
+def run_dir_for(cfg: RunConfig) -> Path:
+    if cfg.out_dir:
+        return Path(cfg.out_dir)
+    return artifacts_root() / "runs" / (cfg.run_name or default_run_name(cfg))
+
+
+def read_metrics(path: Path) -> pd.DataFrame:
+    """metrics.csv, or the line-by-line ``metrics.jsonl`` a crashed run leaves behind."""
+    csv = path / "metrics.csv"
+    if csv.exists() and csv.stat().st_size:
+        return pd.read_csv(csv)
+    return read_metrics_jsonl(path)
+
+
+def jsonl_to_csv(path: Path) -> None:
+    """Turn the streamed ``metrics.jsonl`` into ``metrics.csv`` (also for partial runs)."""
+    frame = read_metrics_jsonl(path)
+    if not frame.empty:
+        frame.to_csv(path / "metrics.csv", index=False)
+
+
+def read_metrics_jsonl(path: Path) -> pd.DataFrame:
+    jsonl = path / "metrics.jsonl"
+    if not jsonl.exists():
+        return pd.DataFrame()
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class RunResult:
+    """What a finished (or partial) run left: its summary, per-step metrics and directory."""
+
+    path: Path
+    summary: dict[str, Any]
+    metrics: pd.DataFrame
+    config: dict[str, Any]
+
+    def __repr__(self) -> str:
+        keys = ("method", "task", "status", "steps", "iterations", "speedup", "final_train_loss")
+        shown = {k: self.summary.get(k) for k in keys if k in self.summary}
+        return f"RunResult(path={str(self.path)!r}, {shown})"
+
+
+def load_run(path: str | Path) -> RunResult:
+    """Read a run directory back (works for partial runs too)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"run directory {str(path)!r} does not exist")
+    summary_file = path / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"status": "incomplete"}
+    config_file = path / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    return RunResult(path=path, summary=summary, metrics=read_metrics(path), config=config)

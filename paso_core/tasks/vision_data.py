@@ -1,0 +1,244 @@
+"""Image-classification data as whole tensors on the task device (airbench style).
+
+Why whole tensors: every worker must rebuild the batch of step ``t`` from ``(seed, t)``
+alone, cheaply and identically. Indexing one preloaded tensor does that with a single
+gather, while a DataLoader with per-sample Python would be both slower and stateful.
+
+Images are kept as *raw* ``uint8`` pixels (``0..pixel_max``) and normalised per batch by
+:meth:`VisionData.normalize`. Raw storage is 4x smaller than float32 (CIFAR-10 train:
+150 MB instead of 600 MB), and padding raw pixels with 0 before normalising reproduces
+torchvision's ``RandomCrop(padding, fill=0)`` exactly.
+
+Two datasets:
+
+* ``digits``: scikit-learn's bundled ``load_digits()`` (1797 8x8 grayscale images,
+  values 0..16). Works offline; a fixed stratified 80/20 split (seed
+  :data:`DIGITS_SPLIT_SEED`, independent of the run seed, so every run of every method
+  sees the same test set); mean/std from the training split.
+* ``cifar10``: torchvision's on-disk layout ``cifar-10-batches-py/`` read directly with
+  ``pickle`` (no MD5 check, so small hand-written copies in the same format also load);
+  standard CIFAR-10 mean/std.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CIFAR_DIRNAME = "cifar-10-batches-py"
+CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_TEST_FILE = "test_batch"
+CIFAR_META_FILE = "batches.meta"
+# The usual per-channel statistics of the CIFAR-10 training set, in [0, 1] pixel units.
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+DIGITS_SPLIT_SEED = 0
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_PIXEL_MAX = 16
+
+DATASETS = ("digits", "cifar10")
+
+
+@dataclass
+class VisionData:
+    """A train/test split of raw images plus what is needed to normalise them.
+
+    ``train_x``/``test_x`` are ``uint8`` tensors ``N x C x H x W`` holding raw pixel values
+    in ``0..pixel_max``; ``train_y``/``test_y`` are ``int64`` labels. ``mean``/``std`` are
+    per-channel statistics in ``[0, 1]`` pixel units.
+    """
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+    pixel_max: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of one image."""
+        c, h, w = self.train_x.shape[1:]
+        return int(c), int(h), int(w)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw pixels -> float32 ``(x / pixel_max - mean) / std`` on the same device as ``x``."""
+        shape = (1, -1, 1, 1)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(shape)
+        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(shape)
+        return (x.to(torch.float32) / float(self.pixel_max) - mean) / std
+
+    def to(self, device: torch.device | str) -> "VisionData":
+        """The same data with all four tensors on ``device``."""
+        return VisionData(
+            name=self.name,
+            train_x=self.train_x.to(device),
+            train_y=self.train_y.to(device),
+            test_x=self.test_x.to(device),
+            test_y=self.test_y.to(device),
+            classes=list(self.classes),
+            pixel_max=self.pixel_max,
+            mean=self.mean,
+            std=self.std,
+            source=self.source,
+        )
+
+
+# --------------------------------------------------------------------------- digits
+def load_digits_data() -> VisionData:
+    """scikit-learn's bundled 8x8 digits with a fixed stratified 80/20 split (offline)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = np.asarray(bunch.images).round().astype(np.uint8)  # values are integers 0..16
+    labels = np.asarray(bunch.target).astype(np.int64)
+    idx_train, idx_test = train_test_split(
+        np.arange(len(labels)),
+        test_size=DIGITS_TEST_FRACTION,
+        stratify=labels,
+        random_state=DIGITS_SPLIT_SEED,
+    )
+    train_x = torch.from_numpy(images[idx_train]).unsqueeze(1)
+    test_x = torch.from_numpy(images[idx_test]).unsqueeze(1)
+    scaled = train_x.to(torch.float64) / DIGITS_PIXEL_MAX
+    return VisionData(
+        name="digits",
+        train_x=train_x.contiguous(),
+        train_y=torch.from_numpy(labels[idx_train]),
+        test_x=test_x.contiguous(),
+        test_y=torch.from_numpy(labels[idx_test]),
+        classes=[str(int(c)) for c in bunch.target_names],
+        pixel_max=DIGITS_PIXEL_MAX,
+        mean=(float(scaled.mean()),),
+        std=(float(scaled.std()),),
+        source="sklearn.datasets.load_digits (bundled)",
+    )
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+def find_cifar10_dir(data_root: str | Path | None) -> Path | None:
+    """The ``cifar-10-batches-py`` directory for ``data_root``, or None if it is not there.
+
+    ``data_root`` may be the directory *containing* ``cifar-10-batches-py`` (torchvision's
+    ``root``) or ``cifar-10-batches-py`` itself.
+    """
+    if data_root is None:
+        return None
+    root = Path(data_root).expanduser()
+    names = (*CIFAR_TRAIN_FILES, CIFAR_TEST_FILE, CIFAR_META_FILE)
+    for candidate in (root / CIFAR_DIRNAME, root):
+        if not candidate.is_dir():
+            continue
+        if candidate.name == CIFAR_DIRNAME or any((candidate / n).is_file() for n in names):
+            return candidate
+    return None
+
+
+def _download_cifar10(data_root: str | Path) -> None:
+    """Fetch CIFAR-10 with torchvision into ``data_root`` (needs a network)."""
+    import torchvision
+
+    root = Path(data_root).expanduser()
+    if root.name == CIFAR_DIRNAME:
+        root = root.parent
+    root.mkdir(parents=True, exist_ok=True)
+    torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+
+
+def _read_pickle(path: Path) -> dict[str, Any]:
+    with path.open("rb") as fh:
+        obj = pickle.load(fh, encoding="latin1")
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} does not hold a dict (got {type(obj).__name__}); not CIFAR-10 format")
+    return obj
+
+
+def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pickled batch -> (uint8 N x 3 x 32 x 32, int64 N)."""
+    batch = _read_pickle(path)
+    if "data" not in batch or "labels" not in batch:
+        raise ValueError(f"{path} lacks 'data'/'labels' (keys: {sorted(batch)}); not CIFAR-10 format")
+    data = np.asarray(batch["data"], dtype=np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{path}: 'data' has shape {data.shape}, expected N x 3072")
+    labels = np.asarray(batch["labels"], dtype=np.int64)
+    if labels.shape != (data.shape[0],):
+        raise ValueError(f"{path}: {labels.shape[0]} labels for {data.shape[0]} images")
+    images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
+    return images, torch.from_numpy(labels)
+
+
+def _missing_cifar_message(data_root: str | Path | None) -> str:
+    where = "no data_root was given" if data_root is None else (
+        f"looked for {Path(data_root) / CIFAR_DIRNAME} and {Path(data_root)}"
+    )
+    return (
+        f"CIFAR-10 not found ({where}). Point data_root at the directory that contains "
+        f"'{CIFAR_DIRNAME}/' (torchvision's layout: data_batch_1..5, test_batch, batches.meta), "
+        "or pass download=True on a machine with a network."
+    )
+
+
+def load_cifar10(data_root: str | Path | None, download: bool = False) -> VisionData:
+    """CIFAR-10 from torchvision's on-disk layout; download it first if asked and missing."""
+    directory = find_cifar10_dir(data_root)
+    if directory is None and download:
+        _download_cifar10(data_root if data_root is not None else "data")
+        directory = find_cifar10_dir(data_root if data_root is not None else "data")
+    if directory is None:
+        raise FileNotFoundError(_missing_cifar_message(data_root))
+    needed = [*CIFAR_TRAIN_FILES, CIFAR_TEST_FILE, CIFAR_META_FILE]
+    missing = [name for name in needed if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"CIFAR-10 directory {directory} is incomplete: missing {', '.join(missing)}. "
+            "Copy the full torchvision layout there (or delete it and pass download=True)."
+        )
+
+    parts = [_read_cifar_batch(directory / name) for name in CIFAR_TRAIN_FILES]
+    test_x, test_y = _read_cifar_batch(directory / CIFAR_TEST_FILE)
+    meta = _read_pickle(directory / CIFAR_META_FILE)
+    classes = [str(c) for c in meta.get("label_names", [str(i) for i in range(10)])]
+    return VisionData(
+        name="cifar10",
+        train_x=torch.cat([x for x, _ in parts]),
+        train_y=torch.cat([y for _, y in parts]),
+        test_x=test_x,
+        test_y=test_y,
+        classes=classes,
+        pixel_max=255,
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+        source=str(directory.resolve()),
+    )
+
+
+def load_vision_data(
+    dataset: str,
+    data_root: str | Path | None = None,
+    download: bool = False,
+    device: torch.device | str = "cpu",
+) -> VisionData:
+    """Load ``dataset`` ('digits' or 'cifar10') and place its tensors on ``device``."""
+    if dataset == "digits":
+        data = load_digits_data()
+    elif dataset == "cifar10":
+        data = load_cifar10(data_root, download)
+    else:
+        raise ValueError(f"dataset={dataset!r} is not a vision dataset; choose one of: {', '.join(DATASETS)}")
+    return data.to(device)

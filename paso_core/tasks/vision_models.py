@@ -1,0 +1,153 @@
+"""Image classifiers for the vision task: a small CNN, a small ViT, a GroupNorm ResNet-18.
+
+None of them uses BatchNorm or (by default) dropout. PASO treats training as the
+recurrence ``x_{t+1} = U(x_t, s_t, grad L(x_t; batch_t))`` and solves it by fixed-point
+iteration over steps evaluated on different workers. BatchNorm's running statistics are
+extra state updated by every *forward* pass, not a function of the parameters: workers
+evaluating guessed iterates would each update them differently, so the fixed point (and
+the exactness check against serial training) would not exist. Dropout is harmless only
+because the task seeds it per step; it is off here to keep the models simple.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+MODELS = ("cnn", "vit", "resnet18")
+
+
+# --------------------------------------------------------------------------- CNN
+def _pool_schedule(image_size: int, blocks: int) -> list[bool]:
+    """Pool after a block while the feature map is still at least 4 pixels wide."""
+    pools, size = [], image_size
+    for _ in range(blocks):
+        pool = size >= 4
+        pools.append(pool)
+        size = size // 2 if pool else size
+    return pools
+
+
+class SmallCNN(nn.Module):
+    """conv3x3-ReLU(-maxpool) blocks (32, 64, 128 channels) and a 2-layer MLP head.
+
+    Pooling stops at 2x2 maps so the same definition serves 8x8 digits and 32x32 CIFAR.
+    """
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int,
+                 widths: tuple[int, ...] = (32, 64, 128), hidden: int = 256) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        size, channels = image_size, in_channels
+        for width, pool in zip(widths, _pool_schedule(image_size, len(widths))):
+            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+            if pool:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(channels * size * size, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+# --------------------------------------------------------------------------- ViT
+class SmallViT(nn.Module):
+    """Pre-norm ViT: conv patch embedding, class token, learned positions, class-token head.
+
+    Built from ``nn.TransformerEncoderLayer`` (``norm_first=True``, ``dropout=0``) so it
+    needs nothing beyond torch and has no stochastic layers.
+    """
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int, patch_size: int,
+                 dim: int = 128, depth: int = 4, heads: int = 4, mlp_ratio: int = 2) -> None:
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
+        num_patches = (image_size // patch_size) ** 2
+        self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dim))
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                d_model=dim, nhead=heads, dim_feedforward=dim * mlp_ratio, dropout=0.0,
+                activation="gelu", batch_first=True, norm_first=True,
+            )
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim)  # pre-norm blocks leave the residual stream unnormalised
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # B x N x dim
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+        h = torch.cat([cls, tokens], dim=1) + self.pos_embed
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.norm(h[:, 0]))
+
+
+def vit_patch_size(image_size: int) -> int:
+    """4 for 32x32 (64 patches), 2 for 8x8 (16 patches): image_size / 8, at least 1."""
+    return max(1, image_size // 8)
+
+
+# --------------------------------------------------------------------------- ResNet-18
+def group_norm_factory(max_groups: int = 32) -> Callable[[int], nn.Module]:
+    """A ``norm_layer`` for torchvision ResNets: GroupNorm with up to 32 groups."""
+
+    def make(channels: int) -> nn.Module:
+        return nn.GroupNorm(math.gcd(max_groups, channels), channels)
+
+    return make
+
+
+def resnet18_groupnorm(in_channels: int, num_classes: int) -> nn.Module:
+    """torchvision ResNet-18 with GroupNorm and a CIFAR stem (3x3 stride-1 conv1, no maxpool).
+
+    Why GroupNorm: BatchNorm keeps running mean/variance buffers that every forward pass
+    in train mode updates. They are not a function of the parameters, so PASO workers that
+    evaluate different guessed iterates would leave different buffers, the step recurrence
+    would no longer be ``x_{t+1} = U(x_t, grad)`` and PASO with ``tol = 0`` could not match
+    serial training. BatchNorm also makes each sample's output depend on the rest of the
+    *shard*, so data-parallel shards would not reproduce the global batch. GroupNorm
+    normalises each sample on its own and has no buffers. Why the CIFAR stem: the ImageNet
+    stem (7x7 stride 2 + maxpool) shrinks a 32x32 image to 8x8 before the first block.
+    """
+    import torchvision
+
+    model = torchvision.models.resnet18(
+        weights=None, num_classes=num_classes, norm_layer=group_norm_factory()
+    )
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision
+    model.maxpool = nn.Identity()
+    return model
+
+
+# --------------------------------------------------------------------------- factory
+def build_vision_model(name: str, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """A freshly initialised classifier; the caller seeds the RNG for a reproducible init."""
+    if name == "cnn":
+        return SmallCNN(in_channels, image_size, num_classes)
+    if name == "vit":
+        return SmallViT(in_channels, image_size, num_classes, patch_size=vit_patch_size(image_size))
+    if name == "resnet18":
+        return resnet18_groupnorm(in_channels, num_classes)
+    raise ValueError(f"model={name!r} is not a vision model; choose one of: {', '.join(MODELS)}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable scalars."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
