@@ -198,9 +198,11 @@ def build_pipelines(args: argparse.Namespace, device: torch.device, data_root: P
         task, setup = make_task(data_root, args.batch_size, augment, device)
         label = "crop+flip (tensor, seeded per step)" if augment else "none"
         pipelines.append(Pipeline("tensor: VisionTask.train_batch", label, "-", tensor_batches(task), setup))
+    t0 = time.perf_counter()
     dataset, ds_name = make_baseline_dataset(real_root, task)
+    dataset_s = time.perf_counter() - t0
     for workers in args.workers:
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() - dataset_s  # set-up = dataset construction + loader (workers start lazily)
         loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
                             num_workers=workers, pin_memory=device.type == "cuda",
                             persistent_workers=workers > 0)
@@ -267,7 +269,8 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], config: dict[str, Any])
         f"main process; {env['cpu_count']} CPUs. images_per_s is the median of {config['args']['repeats']} "
         f"round-robin repeats of {config['args']['seconds']} s each (min/max alongside). Load average at "
         f"start {config['load_average_1_5_15_min_at_start']}: other processes on the machine lower and "
-        f"scatter the numbers.\n\n"
+        f"scatter the numbers. setup_s: loading the data (tensor) or building the dataset (DataLoader); "
+        f"first_warmup_s: the untimed first batches, including DataLoader worker start-up.\n\n"
     )
     (tables / f"{TABLE_NAME}.md").write_text(title + markdown_table(df))
     (tables / f"{TABLE_NAME}.json").write_text(json.dumps(config, indent=2, sort_keys=True))

@@ -121,6 +121,21 @@ def test_cifar_missing_gives_a_clear_error(tmp_path: Path) -> None:
         load_vision_data("mnist")
 
 
+def test_download_true_fetches_with_torchvision_then_reads(tmp_path: Path, monkeypatch) -> None:
+    import torchvision
+
+    calls = []
+
+    def fake_cifar10(root: str, train: bool = True, download: bool = False) -> None:
+        calls.append((root, download))  # stands in for the network fetch + extraction
+        write_tiny_cifar(Path(root))
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", fake_cifar10)
+    data = load_cifar10(tmp_path / "fresh", download=True)
+    assert calls == [(str(tmp_path / "fresh"), True)]
+    assert data.train_x.shape == (5 * PER_FILE, 3, 32, 32)
+
+
 def test_digits_split_is_fixed_stratified_and_normalised() -> None:
     a, b = load_digits_data(), load_digits_data()
     assert a.train_x.shape == (1437, 1, 8, 8) and a.test_x.shape == (360, 1, 8, 8)
@@ -290,6 +305,14 @@ def test_evaluate_returns_metrics_in_range_and_restores_mode(digits_task: Vision
     info = digits_task.describe()
     assert info["source"] == "sklearn.datasets.load_digits (bundled)"
     assert info["n_train"] + info["n_test"] == 1797
+
+
+def test_evaluate_does_not_depend_on_eval_batch_size(digits_task: VisionTask) -> None:
+    model = digits_task.build_model()
+    small = VisionTask(vision_cfg(eval_batch_size=7), CPU)
+    a, b = digits_task.evaluate(model), small.evaluate(model)
+    assert a.keys() == b.keys()
+    assert all(a[k] == pytest.approx(b[k], rel=1e-5) for k in a)
 
 
 def test_metrics_match_sklearn() -> None:

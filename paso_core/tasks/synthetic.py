@@ -46,6 +46,10 @@ class Point(nn.Module):
         super().__init__()
         self.x = nn.Parameter(x0)
 
+    def forward(self) -> torch.Tensor:
+        """Return the point; calling the module (not reading ``.x``) lets DDP hook in."""
+        return self.x
+
 
 class SyntheticTask:
     """Minimise a named test function from a uniform random start in [-r, r]^d."""
@@ -71,11 +75,11 @@ class SyntheticTask:
         return None
 
     def loss(self, model: nn.Module, batch: Batch, step: int) -> torch.Tensor:
-        return self.function(model.x)
+        return self.function(model())
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        value = float(self.function(model.x))
+        value = float(self.function(model()))
         return {"value": value, "gap": value - self.optimum}
 
     def items_per_step(self) -> int:

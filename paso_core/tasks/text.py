@@ -37,6 +37,7 @@ class TextTask:
     def __init__(self, cfg: RunConfig, device: torch.device) -> None:
         self.cfg = cfg
         self.device = device
+        tm.attn_implementation(cfg), tm.model_dtype(cfg)  # reject bad extra options before any work
         self.model_dir = tm.resolve_model_dir(cfg)
         if self.model_dir is not None:  # fail on a too-long block before any tokenising
             self._config = tm.lm_config(cfg, vocab_size=0, model_dir=self.model_dir)

@@ -23,7 +23,7 @@ Two datasets:
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ class VisionData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str
+    _stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -77,9 +78,14 @@ class VisionData:
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Raw pixels -> float32 ``(x / pixel_max - mean) / std`` on the same device as ``x``."""
-        shape = (1, -1, 1, 1)
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(shape)
-        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(shape)
+        key = str(x.device)
+        if key not in self._stats:  # cached: no host-to-device copy per batch
+            shape = (1, -1, 1, 1)
+            self._stats[key] = (
+                torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(shape),
+                torch.tensor(self.std, dtype=torch.float32, device=x.device).view(shape),
+            )
+        mean, std = self._stats[key]
         return (x.to(torch.float32) / float(self.pixel_max) - mean) / std
 
     def to(self, device: torch.device | str) -> "VisionData":
@@ -157,7 +163,13 @@ def _download_cifar10(data_root: str | Path) -> None:
     if root.name == CIFAR_DIRNAME:
         root = root.parent
     root.mkdir(parents=True, exist_ok=True)
-    torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+    try:
+        torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+    except Exception as exc:  # network errors come in many types; all need the same advice
+        raise RuntimeError(
+            f"downloading CIFAR-10 into {root} failed ({type(exc).__name__}: {exc}). On a machine "
+            "without a network, copy 'cifar-10-batches-py/' there and pass download=False."
+        ) from exc
 
 
 def _read_pickle(path: Path) -> dict[str, Any]:
@@ -195,7 +207,10 @@ def _missing_cifar_message(data_root: str | Path | None) -> str:
 
 
 def load_cifar10(data_root: str | Path | None, download: bool = False) -> VisionData:
-    """CIFAR-10 from torchvision's on-disk layout; download it first if asked and missing."""
+    """CIFAR-10 from torchvision's on-disk layout; download it first if asked and missing.
+
+    With ``download=True`` and no ``data_root`` the files go to ``./data`` (git-ignored).
+    """
     directory = find_cifar10_dir(data_root)
     if directory is None and download:
         _download_cifar10(data_root if data_root is not None else "data")
