@@ -12,17 +12,17 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[text,notebooks,test]"
-	$(PY) -m ipykernel install --user --name python3 >/dev/null
 	touch $@
 
+# Unit + integration tests, then every notebook executed by nbmake at smoke scale
+# (PASO_SCALE=smoke), writing into a throw-away artifacts directory.
 test: setup
-	$(PY) -m pytest -q
+	PASO_SCALE=smoke PASO_ARTIFACTS=$$(mktemp -d) $(PY) -m pytest -q tests --nbmake notebooks
 
 test-all: setup
-	$(PY) -m pytest -q -m "slow or not slow"
+	PASO_SCALE=smoke PASO_ARTIFACTS=$$(mktemp -d) $(PY) -m pytest -q -m "slow or not slow" tests --nbmake notebooks
 
 artifacts: setup
 	$(PY) -m paso_core.reproduce --scale $(SCALE)

@@ -182,10 +182,17 @@ def make_task(data_root: Path, batch_size: int, augment: bool, device: torch.dev
 
 
 def make_baseline_dataset(real_root: Path | None, task: VisionTask) -> tuple[Dataset, str]:
-    """torchvision's CIFAR10 for real files; otherwise the same pixels held in memory."""
+    """torchvision's CIFAR10 for real files; otherwise the same pixels held in memory.
+
+    torchvision checks every file's MD5, so a partial or hand-made copy falls back to the
+    in-memory dataset (same ``__getitem__``, same pixels) and the table says so.
+    """
     if real_root is not None:
-        ds = torchvision.datasets.CIFAR10(str(real_root), train=True, transform=pil_transform(), download=False)
-        return ds, "torchvision.datasets.CIFAR10"
+        try:
+            ds = torchvision.datasets.CIFAR10(str(real_root), train=True, transform=pil_transform(), download=False)
+            return ds, "torchvision.datasets.CIFAR10"
+        except RuntimeError as exc:  # "Dataset not found or corrupted"
+            print(f"torchvision.datasets.CIFAR10 refused {real_root} ({exc}); using the in-memory copy")
     images = task.data.train_x.cpu().numpy()
     labels = task.data.train_y.cpu().numpy()
     return ArrayImageDataset(images, labels, pil_transform()), "ArrayImageDataset (CIFAR10.__getitem__ logic)"

@@ -183,6 +183,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     """Check every option; return the resolved config or raise ConfigError naming the value."""
     _choice("method", cfg.method, METHODS)
     _choice("task", cfg.task, TASKS)
+    _positive_int("P", cfg.P)
+    if cfg.nproc is not None:
+        _positive_int("nproc", cfg.nproc)
     cfg = resolve(cfg)
     if cfg.task == "synthetic":
         _choice("function", cfg.function, FUNCTIONS)
@@ -240,7 +243,6 @@ def validate(cfg: RunConfig) -> RunConfig:
     _finite("stall_timeout_s", cfg.stall_timeout_s, 0.0, low_open=True)
     if cfg.stop_after is not None:
         _positive_int("stop_after", cfg.stop_after)
-    _positive_int("P", cfg.P)
     if cfg.method in ("paso", "optex"):
         if cfg.P > cfg.steps:
             raise ConfigError(f"P={cfg.P} is larger than steps={cfg.steps}; use P <= steps")
@@ -249,6 +251,11 @@ def validate(cfg: RunConfig) -> RunConfig:
                 f"method={cfg.method!r} runs one worker per window step, so nproc*nnodes "
                 f"must equal P; got nproc={cfg.nproc}, nnodes={cfg.nnodes}, P={cfg.P}"
             )
+    if cfg.rollout == "scan" and cfg.optimizer != "adamw" and cfg.resolved_weight_decay > 0:
+        raise ConfigError(
+            f"rollout='scan' needs weight decay outside the gradient; optimizer={cfg.optimizer!r} with "
+            f"weight_decay={cfg.resolved_weight_decay} couples it in: use rollout='relay' or 'auto', "
+            "or optimizer='adamw'")
     _finite("threshold", cfg.threshold, 0.0)
     _finite("ema_decay", cfg.ema_decay, 0.0, 1.0)
     if cfg.method == "optex":

@@ -40,6 +40,7 @@ class WorkerContext:
     comm: Comm
     run_dir: Path
     log: logging.Logger
+    baseline_rss_mb: float = 0.0  # resident memory after imports, before the task is built
     started: float = field(default_factory=time.perf_counter)
     _metrics_file: Any = None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -111,37 +112,52 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+_COMM_FALLOUT = re.compile(r"gloo|nccl|connection (closed|reset)|timed out|timeout|DistBackendError", re.I)
+
+
 def _failure_report(run_dir: Path, returncode: int | None) -> WorkerFailed:
-    """Name the rank that failed first and show the tail of its log."""
+    """Name the rank that caused the failure and show the tail of its log.
+
+    A rank that dies takes its peers down with connection errors; those are fallout, so a
+    rank with a real error wins, then the rank torchrun saw fail first, then the rest.
+    """
     failures = []
     for path in (run_dir / "logs").glob("rank*.failure.json"):
         try:
             failures.append(json.loads(path.read_text()))
         except json.JSONDecodeError:
             continue
-    failures.sort(key=lambda f: (f.get("kind") == "DistBackendError", f["time"]))
-    if failures:
-        first = failures[0]
-        rank, kind, message = first["rank"], first["kind"], first["message"]
+    failures.sort(key=lambda f: f["time"])
+    real = [f for f in failures if not _COMM_FALLOUT.search(f"{f['kind']} {f['message']}")]
+    root_rank, root_code = _torchrun_root_cause(run_dir / "logs" / "launcher.log")
+    reported = {f["rank"] for f in failures}
+    if real:
+        rank, kind, message = real[0]["rank"], real[0]["kind"], real[0]["message"]
+    elif root_rank is not None and root_rank not in reported:
+        rank, kind = root_rank, "crash"
+        message = (f"worker exited with code {root_code} without reporting an error "
+                   "(killed, out of memory, or os._exit?)")
+    elif failures:
+        rank, kind, message = failures[0]["rank"], failures[0]["kind"], failures[0]["message"]
     else:
-        rank, kind = _rank_from_torchrun_log(run_dir / "logs" / "launcher.log"), "crash"
-        message = f"worker exited with code {returncode} without reporting an error (killed?)"
+        rank, kind = root_rank, "crash"
+        message = f"torchrun exited with code {returncode} and no worker reported an error"
     log_file = run_dir / "logs" / (f"rank{rank}.log" if rank is not None else "launcher.log")
     tail = _tail(log_file)
-    if rank is not None and tail == "(no log)":
-        tail = _tail(run_dir / "logs" / "launcher.log")
     cls = NonFiniteLossError if kind == "nonfinite" else WorkerFailed
     text = f"rank {rank} failed ({kind}): {message}\n--- tail of {log_file.name} ---\n{tail}"
     return cls(text, run_dir, rank, kind, tail)
 
 
-def _rank_from_torchrun_log(path: Path) -> int | None:
-    import re
-
+def _torchrun_root_cause(path: Path) -> tuple[int | None, str | None]:
+    """The rank and exit code of torchrun's 'Root Cause (first observed failure)' block."""
     if not path.exists():
-        return None
-    match = re.search(r"rank\s*:\s*(\d+)", path.read_text(errors="replace"))
-    return int(match.group(1)) if match else None
+        return None, None
+    text = path.read_text(errors="replace")
+    block = text.split("Root Cause", 1)[1] if "Root Cause" in text else text
+    rank = re.search(r"rank\s*:\s*(\d+)", block)
+    code = re.search(r"exitcode\s*:\s*(-?\d+)", block)
+    return (int(rank.group(1)) if rank else None), (code.group(1) if code else None)
 
 
 def launch(cfg: RunConfig) -> RunResult:

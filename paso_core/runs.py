@@ -11,11 +11,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from .config import RunConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
@@ -51,8 +52,10 @@ def run_dir_for(cfg: RunConfig) -> Path:
     return artifacts_root() / "runs" / (cfg.run_name or default_run_name(cfg))
 
 
-def read_metrics(path: Path) -> pd.DataFrame:
+def read_metrics(path: Path) -> "pd.DataFrame":
     """metrics.csv, or the line-by-line ``metrics.jsonl`` a crashed run leaves behind."""
+    import pandas as pd
+
     csv = path / "metrics.csv"
     if csv.exists() and csv.stat().st_size:
         return pd.read_csv(csv)
@@ -66,7 +69,9 @@ def jsonl_to_csv(path: Path) -> None:
         frame.to_csv(path / "metrics.csv", index=False)
 
 
-def read_metrics_jsonl(path: Path) -> pd.DataFrame:
+def read_metrics_jsonl(path: Path) -> "pd.DataFrame":
+    import pandas as pd
+
     jsonl = path / "metrics.jsonl"
     if not jsonl.exists():
         return pd.DataFrame()
@@ -80,7 +85,7 @@ class RunResult:
 
     path: Path
     summary: dict[str, Any]
-    metrics: pd.DataFrame
+    metrics: "pd.DataFrame"
     config: dict[str, Any]
 
     def __repr__(self) -> str:

@@ -43,9 +43,31 @@ def _write_failure(run_dir: Path, rank: int, kind: str, message: str) -> None:
     (run_dir / "logs" / f"rank{rank}.failure.json").write_text(json.dumps(record))
 
 
+def inject_fault(ctx: WorkerContext) -> None:
+    """Test hook: ``extra={"inject_fault": {"rank": r, "kind": "raise"|"exit"|"hang"}}``.
+
+    Lets the test suite prove that a crashed or stalled worker is reported with its rank
+    and log tail instead of hanging the launcher.
+    """
+    fault = ctx.cfg.extra.get("inject_fault")
+    if not fault or int(fault.get("rank", -1)) != ctx.rank:
+        return
+    kind = fault.get("kind", "raise")
+    ctx.log.info("injecting fault %r", kind)
+    if kind == "raise":
+        raise RuntimeError(f"injected failure on rank {ctx.rank}")
+    if kind == "exit":
+        for handler in ctx.log.handlers:
+            handler.flush()
+        os._exit(3)
+    if kind == "hang":
+        time.sleep(3600)
+
+
 def run_method(ctx: WorkerContext) -> dict[str, Any]:
     """Build the task and hand it to the method module ``paso_core.methods.<method>``."""
     task = build_task(ctx.cfg, ctx.device)
+    inject_fault(ctx)
     ctx.log.info("task: %s", json.dumps(task.describe(), default=str))
     method = importlib.import_module(f"paso_core.methods.{ctx.cfg.method}")
     summary = method.train(ctx, task)
@@ -56,6 +78,7 @@ def run_method(ctx: WorkerContext) -> dict[str, Any]:
 def _finish_summary(ctx: WorkerContext, summary: dict[str, Any], status: str) -> dict[str, Any]:
     """Add the per-rank peak memory and bytes sent, gathered from every rank."""
     mem = peak_memory_mb(ctx.device)
+    mem["baseline_rss_mb"] = ctx.baseline_rss_mb
     keys = sorted(mem)
     gathered = ctx.comm.all_gather_floats([float(ctx.comm.bytes_sent)] + [mem[k] for k in keys])
     summary.update({
@@ -90,7 +113,8 @@ def main(config_path: str) -> int:
         world = dist.get_world_size()
         log.info("started: world=%d device=%s threads=%d torch=%s", world, device, threads, torch.__version__)
         ctx = WorkerContext(cfg=cfg, rank=rank, world=world, local_rank=local_rank, device=device,
-                            comm=Comm(rank, world, device), run_dir=run_dir, log=log)
+                            comm=Comm(rank, world, device), run_dir=run_dir, log=log,
+                            baseline_rss_mb=peak_memory_mb(device)["peak_rss_mb"])
         try:
             summary, status = run_method(ctx), "completed"
         except StopRequested as stop:

@@ -36,7 +36,7 @@ def test_functional_step_matches_torch_optim(spec: OptimSpec) -> None:
         set_lr(opt, lr_at(spec, step))
         opt.step()
         x, state = functional_step(spec, step, x, state, g)
-        assert torch.allclose(param.detach(), x, atol=1e-6, rtol=0), step
+        assert torch.equal(param.detach(), x), step  # bitwise: same ops as torch.optim
 
 
 def test_lr_schedule_shape() -> None:

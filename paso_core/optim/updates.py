@@ -112,31 +112,37 @@ def init_state(spec: OptimSpec, like: torch.Tensor) -> dict[str, torch.Tensor]:
     return {name: torch.zeros_like(like) for name in spec.state_names}
 
 
+def _adam_denominator(spec: OptimSpec, step: int, v: torch.Tensor) -> torch.Tensor:
+    bc2_sqrt = (1 - spec.beta2 ** (step + 1)) ** 0.5
+    return (v.sqrt() / bc2_sqrt).add_(spec.eps)
+
+
 def adam_direction(spec: OptimSpec, step: int, m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Adam's bias-corrected direction ``m̂ / (sqrt(v̂) + eps)`` scaled so ``x -= lr * u``."""
     bc1 = 1 - spec.beta1 ** (step + 1)
-    bc2_sqrt = (1 - spec.beta2 ** (step + 1)) ** 0.5
-    denom = (v.sqrt() / bc2_sqrt).add_(spec.eps)
-    return (m / denom).div_(bc1)
+    return torch.zeros_like(m).addcdiv_(m, _adam_denominator(spec, step, v), value=1 / bc1)
 
 
 def functional_step(spec: OptimSpec, step: int, x: torch.Tensor, state: dict[str, torch.Tensor],
                     grad: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimizer step ``(x, state, grad) -> (x', state')`` without touching the inputs.
 
-    ``grad`` must already be clipped. ``step`` is 0-based (torch's step count is step+1).
+    Uses the very tensor operations of torch's single-tensor SGD/Adam/AdamW, so the result
+    is bitwise what ``torch.optim`` computes. ``grad`` must already be clipped; ``step`` is
+    0-based (torch's step count is step+1).
     """
     lr = lr_at(spec, step)
     wd = spec.weight_decay
     if spec.name in ("sgd", "momentum"):
-        d = grad + wd * x if wd else grad
+        d = grad.add(x, alpha=wd) if wd else grad
         if spec.name == "momentum":
-            buf = d.clone() if step == 0 else state["buf"] * spec.momentum + d
-            return x - lr * buf, {"buf": buf}
-        return x - lr * d, {}
+            buf = d.clone() if step == 0 else state["buf"].mul(spec.momentum).add_(d)
+            return x.add(buf, alpha=-lr), {"buf": buf}
+        return x.add(d, alpha=-lr), {}
     if spec.name == "adam" and wd:
-        grad = grad + wd * x
-    m = torch.lerp(state["m"], grad, 1 - spec.beta1)
-    v = state["v"] * spec.beta2 + (1 - spec.beta2) * grad * grad
-    base = x * (1 - lr * wd) if spec.name == "adamw" else x
-    return base - lr * adam_direction(spec, step, m, v), {"m": m, "v": v}
+        grad = grad.add(x, alpha=wd)
+    m = state["m"].lerp(grad, 1 - spec.beta1)
+    v = state["v"].mul(spec.beta2).addcmul_(grad, grad, value=1 - spec.beta2)
+    base = x.mul(1 - lr * wd) if spec.name == "adamw" else x
+    step_size = lr / (1 - spec.beta1 ** (step + 1))
+    return base.addcdiv(m, _adam_denominator(spec, step, v), value=-step_size), {"m": m, "v": v}

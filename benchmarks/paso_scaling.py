@@ -1,0 +1,101 @@
+"""PASO against serial, side by side in one run: K, G, bytes and peak memory per rank vs P.
+
+Usage: ``python benchmarks/paso_scaling.py --out artifacts [--dim 1000000 --steps 100]``.
+Writes ``tables/paso_scaling.{csv,md,json}`` and ``figures/paso_scaling.png``.
+
+Why these numbers: PASO's claim is fewer *sequential* iterations (K < T) at the price of
+more gradient evaluations (G > T); its memory per worker must stay one model + one
+optimizer state whatever P is, and its traffic per rank must not grow like P·d (the
+reference implementation funnels the whole window through one rank). Memory is reported
+as peak RSS minus the RSS after imports, i.e. what training itself allocated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+import paso_core  # noqa: E402
+from paso_core import report  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None, help="artifacts directory (default: the checkout's)")
+    parser.add_argument("--function", default="ackley")
+    parser.add_argument("--dim", type=int, default=1_000_000)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--optimizer", default="adam")
+    parser.add_argument("--threshold", type=float, default=1e-5)
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--P", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--relay", action="store_true", help="also run the sequential relay rollout")
+    return parser.parse_args(argv)
+
+
+def row_for(label: str, result: paso_core.RunResult, P: int, rollout: str) -> dict:
+    s = result.summary
+    growth = [peak - base for peak, base in zip(s["peak_rss_mb_per_rank"], s["baseline_rss_mb_per_rank"])]
+    bytes_per_rank = s["bytes_sent_per_rank"]
+    return {
+        "method": label, "P": P, "rollout": rollout, "T": s["steps"], "K": s["iterations"],
+        "G": s["grad_evals"], "speedup_T_over_K": s["speedup"], "overhead_G_over_T": s["overhead"],
+        "final_gap": s.get("final_gap"),
+        "MB_sent_max_rank": max(bytes_per_rank) / 2**20,
+        "MB_sent_per_rank_per_iter": max(bytes_per_rank) / 2**20 / max(1, s["iterations"]),
+        "train_mem_MB_max_rank": max(growth), "peak_rss_MB_max_rank": s["peak_rss_mb_max"],
+        "param_MB": s["n_params"] * 4 / 2**20, "wall_s": s["wall_time_s"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.out:
+        os.environ["PASO_ARTIFACTS"] = str(Path(args.out).resolve())
+    common = dict(task="synthetic", function=args.function, dim=args.dim, steps=args.steps, lr=args.lr,
+                  optimizer=args.optimizer, progress=False)
+    rows = [row_for("serial", paso_core.run(method="serial", **common), 1, "-")]
+    variants = [(P, "scan") for P in args.P] + ([(max(args.P), "relay")] if args.relay else [])
+    for P, rollout in variants:
+        result = paso_core.run(method="paso", P=P, rollout=rollout, threshold=args.threshold,
+                               ema_decay=args.ema_decay, **common)
+        rows.append(row_for("paso", result, P, rollout))
+        print(f"P={P} {rollout}: K={rows[-1]['K']} G={rows[-1]['G']}", file=sys.stderr)
+    table = pd.DataFrame(rows)
+    config = {"script": "benchmarks/paso_scaling.py", **vars(args)}
+    report.save_table(table, "paso_scaling", config, title="PASO vs serial: iterations, work, traffic, memory",
+                      notes=f"{args.function}, d={args.dim}, T={args.steps}, {args.optimizer} lr={args.lr}, "
+                            f"threshold={args.threshold}, ema={args.ema_decay}; CPU/gloo, all runs in one "
+                            "invocation. train_mem = peak RSS minus RSS after imports.")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    paso = table[(table.method == "paso") & (table.rollout == "scan")]
+    axes[0].plot(paso.P, paso.K, "o-", label="PASO K")
+    axes[0].plot(paso.P, paso.G, "s--", label="PASO G")
+    axes[0].axhline(args.steps, color="k", lw=0.8, label="serial T")
+    axes[0].set(xlabel="P (workers)", ylabel="count", title="sequential iterations / grad evals")
+    axes[1].plot(paso.P, paso.MB_sent_per_rank_per_iter / paso.param_MB, "o-")
+    axes[1].set(xlabel="P", ylabel="× parameter size", title="max bytes sent per rank per iteration")
+    axes[2].plot(paso.P, paso.train_mem_MB_max_rank / paso.param_MB, "o-", label="PASO")
+    serial_mem = table[table.method == "serial"].train_mem_MB_max_rank.iloc[0] / paso.param_MB.iloc[0]
+    axes[2].axhline(serial_mem, color="k", lw=0.8, label="serial")
+    axes[2].set(xlabel="P", ylabel="× parameter size", title="training memory per rank (max)")
+    for ax in axes:
+        ax.legend() if ax.get_legend_handles_labels()[0] else None
+        ax.set_xticks(list(paso.P))
+    fig.tight_layout()
+    report.save_figure(fig, "paso_scaling", config)
+    print(report.to_markdown(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

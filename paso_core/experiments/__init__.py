@@ -1,0 +1,1 @@
+"""Experiment drivers behind the notebooks: presets, run plans, tables and figures per study."""

@@ -1,0 +1,919 @@
+"""The CIFAR-10 PASO study behind ``notebooks/cifar_paso.ipynb``, as testable functions.
+
+The notebook stays thin: a ``parameters`` cell, then calls into this module. Keeping the
+logic here means the parts a reader must trust (which preset fills which value, when the
+dataset silently could have changed, which runs the numbers come from, how a speed-up is
+computed) are unit-tested without starting a kernel or a process.
+
+Flow (one function per notebook cell):
+
+1. :func:`resolve_params` fills the ``None`` parameters from a scale preset
+   (``smoke`` / ``default`` / ``paper``); explicit ``papermill -p`` values win.
+2. :func:`prepare` checks every planned run with :func:`paso_core.validate` *before any
+   training*, resolves the dataset (:func:`resolve_dataset`: CIFAR-10 if it is on disk or
+   can be downloaded, otherwise the bundled ``digits`` with a loud explanation, never a
+   silent substitution) and returns the run plan (:func:`plan_runs`).
+3. :func:`run_all` runs the plan: serial, PASO, naive DP and DDP per seed, then the PASO
+   sweep over ``threshold`` and ``ema_decay``.
+4. :func:`results_table`, :func:`curves`, :func:`paso_dynamics`, :func:`tradeoff_table`,
+   the ``plot_*`` functions and :func:`discussion` turn run directories into the table,
+   the figures and a text whose every number is computed, not typed in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .. import report
+from ..config import VISION_DATASETS, ConfigError, RunConfig, validate
+from ..launch import NonFiniteLossError, launch
+from ..runs import PACKAGE_ROOT, RunResult, load_run
+
+METHODS = ("serial", "paso", "naive_dp", "ddp")
+METHOD_LABELS = {"serial": "serial", "paso": "PASO", "naive_dp": "naive DP", "ddp": "DDP"}
+METHOD_COLORS = {"serial": "black", "paso": "tab:red", "naive_dp": "tab:blue", "ddp": "tab:green"}
+
+#: Every notebook parameter; ``None`` in the notebook means "take it from the scale preset".
+#: ``nproc`` is the worker count of the data-parallel methods; PASO always runs ``P``
+#: workers (one per window step) and serial one.
+PARAMETERS = (
+    "P", "threshold", "ema_decay", "adaptivity", "steps", "batch_size", "lr", "optimizer",
+    "model", "dataset", "data_root", "download", "nproc", "seeds", "eval_every",
+    "sweep_thresholds", "sweep_ema_decays", "sweep_n_seeds",
+)
+
+#: Scale presets. ``smoke`` is for CI (the whole notebook in about a minute), ``default``
+#: fits the whole notebook into a few minutes on a 2-core CPU with the bundled digits, and
+#: ``paper`` is the PASO seed's CIFAR-10 configuration (``cv_v2.py``: CNN, 60 000 steps,
+#: batch 128, Adam lr 1e-3, P = 7, threshold 1e-5, ema 0.999, 8 GPUs), which needs the
+#: CIFAR-10 files (or a network) and GPUs to finish in reasonable time.
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "P": 4, "threshold": 1e-5, "ema_decay": 0.999, "adaptivity": "mean", "steps": 16,
+        "batch_size": 32, "lr": 1e-3, "optimizer": "adam", "model": "cnn", "dataset": "digits",
+        "data_root": None, "download": False, "nproc": 2, "seeds": [0], "eval_every": 8,
+        "sweep_thresholds": [1e-5, 1e-1], "sweep_ema_decays": [], "sweep_n_seeds": 1,
+    },
+    "default": {
+        "P": 4, "threshold": 1e-5, "ema_decay": 0.999, "adaptivity": "mean", "steps": 300,
+        "batch_size": 64, "lr": 1e-3, "optimizer": "adam", "model": "cnn", "dataset": "digits",
+        "data_root": None, "download": False, "nproc": 2, "seeds": [0, 1, 2], "eval_every": 30,
+        "sweep_thresholds": [0.0, 1e-5, 1e-3, 1e-1, 1.0], "sweep_ema_decays": [0.99, 1.0],
+        "sweep_n_seeds": 1,
+    },
+    "paper": {
+        "P": 7, "threshold": 1e-5, "ema_decay": 0.999, "adaptivity": "mean", "steps": 60_000,
+        "batch_size": 128, "lr": 1e-3, "optimizer": "adam", "model": "cnn", "dataset": "cifar10",
+        "data_root": None, "download": True, "nproc": 8, "seeds": [0], "eval_every": 2000,
+        "sweep_thresholds": [1e-6, 1e-5, 1e-4], "sweep_ema_decays": [0.99], "sweep_n_seeds": 1,
+    },
+}
+
+ARTIFACT_STEM = "cifar_paso"
+
+
+# =========================================================================== parameters
+def _as_list(name: str, value: Any, kind: type) -> list[Any]:
+    """A list of ``kind`` from a list, a single value, or a comma-separated string.
+
+    Why strings: ``papermill -p seeds 0,1,2`` passes a string (lists need ``-y``), and a
+    notebook must accept what its documented command line produces.
+    """
+    if isinstance(value, str):
+        items: list[Any] = [v.strip() for v in value.strip("[]() ").split(",") if v.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [value]
+    out = []
+    for item in items:
+        try:
+            if isinstance(item, bool):
+                raise ValueError
+            if kind is int:
+                number = float(item) if isinstance(item, str) else item
+                if not isinstance(number, (int, float)) or float(number) != int(number):
+                    raise ValueError
+                out.append(int(number))
+            else:
+                number = float(item)
+                if not math.isfinite(number):
+                    raise ValueError
+                out.append(number)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{name}={value!r} is not valid; give a list of {kind.__name__}s, e.g. "
+                f"{'[0, 1, 2]' if kind is int else '[1e-5, 1e-3]'} (or '0,1,2' with papermill -p)"
+            ) from None
+    return out
+
+
+def resolve_params(values: Mapping[str, Any], scale: str | None = None) -> dict[str, Any]:
+    """The notebook's parameters with every ``None`` filled from the scale preset.
+
+    The scale is ``scale``, else ``$PASO_SCALE`` (CI runs nbmake with ``PASO_SCALE=smoke``
+    because nbmake cannot pass parameters), else ``"default"``. Explicit values (papermill
+    ``-p``) override the preset; list parameters also accept comma-separated strings.
+    Scalar values are *not* coerced: ``P="7"`` stays a string so that validation names it.
+    """
+    unknown = sorted(set(values) - set(PARAMETERS))
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {unknown}; the notebook's parameters are: "
+                          f"{', '.join(PARAMETERS)}, scale")
+    params = report.resolve_parameters({k: values.get(k) for k in PARAMETERS}, PRESETS, scale=scale)
+    if not params["seeds"] and params["seeds"] != 0:
+        raise ConfigError("seeds=[] is not valid; give at least one seed")
+    params["seeds"] = _as_list("seeds", params["seeds"], int)
+    if not params["seeds"]:
+        raise ConfigError("seeds is empty; give at least one seed, e.g. [0]")
+    if len(set(params["seeds"])) != len(params["seeds"]):
+        raise ConfigError(f"seeds={params['seeds']} repeats a seed; give distinct seeds")
+    params["sweep_thresholds"] = _as_list("sweep_thresholds", params["sweep_thresholds"], float)
+    params["sweep_ema_decays"] = _as_list("sweep_ema_decays", params["sweep_ema_decays"], float)
+    n = params["sweep_n_seeds"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ConfigError(f"sweep_n_seeds={n!r} is not valid; it must be an integer >= 0 "
+                          "(how many of the first seeds the threshold/ema sweep runs)")
+    if not isinstance(params["download"], bool):
+        raise ConfigError(f"download={params['download']!r} is not valid; it must be True or False")
+    return params
+
+
+def default_data_root() -> Path:
+    """``$PASO_DATA``, else the checkout's git-ignored ``data/``, else ``./data``."""
+    env = os.environ.get("PASO_DATA")
+    if env:
+        return Path(env)
+    checkout = PACKAGE_ROOT.parent
+    if (checkout / "pyproject.toml").exists():
+        return checkout / "data"
+    return Path.cwd() / "data"
+
+
+# =========================================================================== dataset
+@dataclass
+class DatasetChoice:
+    """Which dataset the runs use, and why; ``message`` is printed by the notebook as is."""
+
+    requested: str
+    dataset: str
+    data_root: str | None
+    fallback: bool
+    message: str
+
+
+def _cifar_problem(root: Path) -> str | None:
+    """Why CIFAR-10 cannot be read from ``root`` (None if all files are there)."""
+    from ..tasks.vision_data import (CIFAR_DIRNAME, CIFAR_META_FILE, CIFAR_TEST_FILE,
+                                     CIFAR_TRAIN_FILES, find_cifar10_dir)
+
+    directory = find_cifar10_dir(root)
+    if directory is None:
+        return f"no '{CIFAR_DIRNAME}/' directory was found under data_root={str(root)!r}"
+    missing = [n for n in (*CIFAR_TRAIN_FILES, CIFAR_TEST_FILE, CIFAR_META_FILE)
+               if not (directory / n).is_file()]
+    if missing:
+        return f"the CIFAR-10 directory {str(directory)!r} is incomplete (missing {', '.join(missing)})"
+    return None
+
+
+def resolve_dataset(params: Mapping[str, Any]) -> DatasetChoice:
+    """CIFAR-10 if its files are under ``data_root`` (or can be downloaded), else ``digits``.
+
+    Why a fallback at all: the notebook must run offline on a small CPU machine, yet a run
+    that quietly trained on something else than it claims would be worse than a failure.
+    So the fallback is explicit: ``fallback=True`` and a message that says, in capitals,
+    that the numbers are *not* CIFAR-10 numbers and how to get CIFAR-10. The download is
+    done here, once, in the notebook's process, so that the P workers never race on it.
+    """
+    requested = params["dataset"]
+    if requested not in VISION_DATASETS:
+        raise ConfigError(f"dataset={requested!r} is not valid; choose one of: {', '.join(VISION_DATASETS)}")
+    if requested == "digits":
+        return DatasetChoice("digits", "digits", None, False,
+                             "Dataset: scikit-learn's bundled 'digits' (1797 grayscale 8x8 images, 10 "
+                             "classes), as requested. These are NOT CIFAR-10 results; run with "
+                             "-p dataset cifar10 (or -p scale paper) for CIFAR-10.")
+    root = Path(params["data_root"]).expanduser() if params.get("data_root") else default_data_root()
+    problem = _cifar_problem(root)
+    download_note = ""
+    if problem is not None and params.get("download"):
+        from ..tasks.vision_data import load_cifar10
+
+        try:
+            load_cifar10(root, download=True)
+            problem = _cifar_problem(root)
+        except Exception as exc:  # any network/disk failure leads to the same, explained fallback
+            download_note = f"; downloading it failed ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+    if problem is None:
+        from ..tasks.vision_data import find_cifar10_dir
+
+        directory = find_cifar10_dir(root)
+        return DatasetChoice("cifar10", "cifar10", str(root), False,
+                             f"Dataset: CIFAR-10 from {directory} (torchvision layout).")
+    how = ("put torchvision's 'cifar-10-batches-py/' (data_batch_1..5, test_batch, batches.meta) "
+           f"under data_root (now {str(root)!r}) or pass -p data_root <dir>")
+    if not params.get("download"):
+        how += ", or pass -p download True on a machine with a network"
+    message = (
+        "WARNING: CIFAR-10 IS NOT USED IN THIS NOTEBOOK. dataset='cifar10' was requested, but "
+        f"{problem}{download_note}. Falling back to scikit-learn's bundled 'digits' dataset "
+        "(1797 grayscale 8x8 images, 10 classes). Every table, figure and number below is "
+        "measured on DIGITS, not CIFAR-10, and cannot be compared with the paper's CIFAR-10 "
+        f"accuracies. To use CIFAR-10: {how}."
+    )
+    return DatasetChoice("cifar10", "digits", None, True, message)
+
+
+def with_dataset(params: Mapping[str, Any], choice: DatasetChoice) -> dict[str, Any]:
+    """``params`` with the dataset actually used (and its root) in place of the requested one."""
+    out = dict(params)
+    out.update({"requested_dataset": choice.requested, "dataset": choice.dataset,
+                "data_root": choice.data_root, "dataset_fallback": choice.fallback})
+    return out
+
+
+# =========================================================================== planning
+def sweep_points(params: Mapping[str, Any]) -> list[tuple[float, float]]:
+    """(threshold, ema_decay) pairs of the PASO sweep: the main point, every threshold at the
+    main ``ema_decay``, and every ``ema_decay`` at the main threshold (a cross, not a grid,
+    so that each axis is read at the setting the main run uses)."""
+    main = (float(params["threshold"]), float(params["ema_decay"]))
+    points = [main]
+    points += [(float(t), main[1]) for t in params["sweep_thresholds"]]
+    points += [(main[0], float(e)) for e in params["sweep_ema_decays"]]
+    unique: list[tuple[float, float]] = []
+    for p in points:
+        if p not in unique:
+            unique.append(p)
+    return unique
+
+
+def _base_options(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "task": "vision", "dataset": params["dataset"], "data_root": params.get("data_root"),
+        "download": False, "model": params["model"], "optimizer": params["optimizer"],
+        "lr": params["lr"], "steps": params["steps"], "batch_size": params["batch_size"],
+        "eval_every": params["eval_every"], "P": params["P"], "threshold": params["threshold"],
+        "ema_decay": params["ema_decay"], "adaptivity": params["adaptivity"], "augment": True,
+        "progress": params.get("scale") == "paper",
+    }
+
+
+def plan_runs(params: Mapping[str, Any]) -> list[RunConfig]:
+    """Every run the notebook makes, each checked by :func:`paso_core.validate`.
+
+    Per seed: serial, PASO (main setting), naive DP and DDP. Then the PASO sweep
+    (:func:`sweep_points`) on the first ``sweep_n_seeds`` seeds, minus the runs already
+    planned. Validation happens here, before any training, so bad input (``P=0``,
+    ``P="7"``, an unknown model, a batch that ``nproc`` does not divide) fails in the
+    first cell after the parameters with the message of :class:`ConfigError`.
+    """
+    base = _base_options(params)
+    nproc = {"serial": 1, "paso": params["P"], "naive_dp": params["nproc"], "ddp": params["nproc"]}
+    configs: list[RunConfig] = []
+    seen: list[dict[str, Any]] = []
+
+    def add(options: dict[str, Any]) -> None:
+        if options in seen:
+            return
+        seen.append(options)
+        try:
+            configs.append(validate(RunConfig.from_dict(options)))
+        except ConfigError as err:
+            raise ConfigError(f"{err} (in the planned {describe_config(options)} run)") from None
+
+    for seed in params["seeds"]:
+        for method in METHODS:
+            add({**base, "method": method, "seed": seed, "nproc": nproc[method]})
+    for seed in params["seeds"][:params["sweep_n_seeds"]]:
+        for threshold, ema in sweep_points(params):
+            add({**base, "method": "paso", "seed": seed, "nproc": params["P"],
+                 "threshold": threshold, "ema_decay": ema})
+    return configs
+
+
+@dataclass
+class Plan:
+    """What the validation cell produces: parameters, the dataset decision, the runs."""
+
+    params: dict[str, Any]
+    dataset: DatasetChoice
+    configs: list[RunConfig]
+
+    def describe(self) -> pd.DataFrame:
+        """One row per planned run, so the reader sees what will run before it runs."""
+        rows = [{"method": c.method, "seed": c.seed, "workers": c.world_size, "P": c.P if c.method == "paso" else None,
+                 "threshold": c.threshold if c.method == "paso" else None,
+                 "ema_decay": c.ema_decay if c.method == "paso" else None,
+                 "dataset": c.dataset, "model": c.model, "steps": c.steps, "batch_size": c.batch_size}
+                for c in self.configs]
+        return pd.DataFrame(rows)
+
+
+def prepare(values: Mapping[str, Any], scale: str | None = None) -> Plan:
+    """Resolve, validate and plan, in the order that fails fastest on bad input.
+
+    Every run is validated once on ``digits`` *before* the dataset is resolved, so a typo
+    in ``P`` or ``model`` is reported before a possibly long CIFAR-10 download; the plan
+    is then built again on the dataset actually used (which validates the data root too).
+    """
+    params = resolve_params(values, scale)
+    if params["dataset"] not in VISION_DATASETS:
+        raise ConfigError(f"dataset={params['dataset']!r} is not valid; choose one of: "
+                          f"{', '.join(VISION_DATASETS)}")
+    plan_runs({**params, "dataset": "digits", "data_root": None})
+    choice = resolve_dataset(params)
+    params = with_dataset(params, choice)
+    return Plan(params=params, dataset=choice, configs=plan_runs(params))
+
+
+# =========================================================================== running
+def _g(value: Any) -> str:
+    """``format(value, 'g')`` for numbers, ``repr`` otherwise (labels of not-yet-valid input)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, "g")
+    return repr(value)
+
+
+def describe_config(cfg: RunConfig | Mapping[str, Any]) -> str:
+    """A short human label of a run (method, seed and PASO's knobs)."""
+    c = cfg.to_dict() if isinstance(cfg, RunConfig) else dict(cfg)
+    text = f"{c['method']} seed={_g(c['seed'])} workers={_g(c.get('nproc'))}"
+    if c["method"] == "paso":
+        text += f" P={_g(c['P'])} threshold={_g(c['threshold'])} ema_decay={_g(c['ema_decay'])}"
+    return text
+
+
+def run_all(configs: Sequence[RunConfig], log: Callable[[str], None] = print) -> list[RunResult]:
+    """Run the plan in order, one torchrun job at a time, and return the results.
+
+    One at a time because the methods are compared on wall time: concurrent jobs would
+    share the cores and distort each other. A run whose loss becomes NaN/inf (possible for
+    a loose PASO threshold) is kept as a partial result with ``status='nonfinite'`` so the
+    sweep still reports it; any other failure stops the notebook with the worker's error.
+    """
+    results = []
+    started = time.perf_counter()
+    for i, cfg in enumerate(configs, 1):
+        tic = time.perf_counter()
+        try:
+            result = launch(cfg)
+        except NonFiniteLossError as err:
+            log(f"[{i}/{len(configs)}] {describe_config(cfg)}: LOSS BECAME NON-FINITE; kept as a "
+                f"failed point ({str(err).splitlines()[0]})")
+            result = load_run(err.path)
+            result.summary["status"] = "nonfinite"
+        result.summary["launch_time_s"] = time.perf_counter() - tic
+        s = result.summary
+        log(f"[{i}/{len(configs)}] {describe_config(cfg)}: {s.get('status')} in {s['launch_time_s']:.1f} s "
+            f"(worker wall time {s.get('wall_time_s', float('nan')):.1f} s, "
+            f"{s.get('iterations', '?')} iterations, test accuracy {s.get('final_test_accuracy', float('nan')):.4f})")
+        results.append(result)
+    log(f"all {len(configs)} runs finished in {time.perf_counter() - started:.0f} s")
+    return results
+
+
+# =========================================================================== grouping
+def _cfg(result: RunResult) -> dict[str, Any]:
+    return result.config
+
+
+def is_main_paso(result: RunResult, params: Mapping[str, Any]) -> bool:
+    c = _cfg(result)
+    return (c["method"] == "paso" and float(c["threshold"]) == float(params["threshold"])
+            and float(c["ema_decay"]) == float(params["ema_decay"]))
+
+
+def main_results(results: Sequence[RunResult], params: Mapping[str, Any]) -> dict[str, list[RunResult]]:
+    """``{method: runs over seeds}`` of the head-to-head comparison (PASO at its main setting)."""
+    groups: dict[str, list[RunResult]] = {m: [] for m in METHODS}
+    for r in results:
+        method = _cfg(r)["method"]
+        if method not in groups or _cfg(r)["seed"] not in params["seeds"]:
+            continue
+        if method == "paso" and not is_main_paso(r, params):
+            continue
+        groups[method].append(r)
+    return {m: runs for m, runs in groups.items() if runs}
+
+
+def sweep_results(results: Sequence[RunResult], params: Mapping[str, Any]) -> list[RunResult]:
+    """PASO runs of the sweep seeds (the main setting included), for :func:`tradeoff_table`."""
+    seeds = params["seeds"][:params["sweep_n_seeds"]]
+    return [r for r in results if _cfg(r)["method"] == "paso" and _cfg(r)["seed"] in seeds]
+
+
+def _group(results: Sequence[RunResult] | Mapping[str, Sequence[RunResult]]) -> dict[str, list[RunResult]]:
+    if isinstance(results, Mapping):
+        return {k: list(v) for k, v in results.items()}
+    groups: dict[str, list[RunResult]] = {}
+    for r in results:
+        groups.setdefault(_cfg(r)["method"], []).append(r)
+    return groups
+
+
+def _num(summary: Mapping[str, Any], key: str) -> float:
+    value = summary.get(key)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+# =========================================================================== timing
+#: Per-row duration of the work the row reports, by method family (first found is used).
+_DURATION_COLUMNS = ("iteration_time_s", "time_step_s", "time_grad_s")
+
+
+def training_start(metrics: pd.DataFrame) -> float:
+    """Worker time at which the first training step began (its row's time minus its duration).
+
+    Why: ``wall_time_s`` counts from worker start, so it includes loading the data and
+    building the model, which costs every method the same and would pull all wall-clock
+    speed-ups towards 1.
+    """
+    if metrics.empty or "train_loss" not in metrics.columns:
+        return float("nan")
+    train = metrics.dropna(subset=["train_loss"]).sort_values("wall_time_s", kind="stable")
+    if train.empty:
+        return float("nan")
+    first = train.iloc[0]
+    duration = next((float(first[c]) for c in _DURATION_COLUMNS if c in train.columns and pd.notna(first[c])), 0.0)
+    return max(0.0, float(first["wall_time_s"]) - duration)
+
+
+def training_time(result: RunResult) -> float:
+    """Seconds from the start of the first training step to the end of the last one.
+
+    Periodic evaluations in between are included (every method evaluates at the same
+    steps, and on the test sets used here they are short); setup, the final evaluation
+    and torchrun's start-up are not. NaN for a run without training rows.
+    """
+    m = result.metrics
+    if m.empty or "train_loss" not in m.columns:
+        return float("nan")
+    end = float(m.dropna(subset=["train_loss"])["wall_time_s"].max())
+    return end - training_start(m)
+
+
+# =========================================================================== tables
+def results_table(results: Sequence[RunResult] | Mapping[str, Sequence[RunResult]]) -> pd.DataFrame:
+    """The head-to-head table: one row per method, statistics over seeds.
+
+    ``results`` is ``{method: runs}`` (see :func:`main_results`) or a flat list grouped by
+    method. Speed-ups are relative to serial *of the same seed* and then averaged, so seed
+    to seed variation in timing does not leak into the ratio. ``speedup_iterations`` is
+    serial's sequential iterations over the method's (``T/K`` for PASO, 1 for data
+    parallelism, which still takes one step per iteration); ``speedup_wall`` is the same
+    ratio of the training time (:func:`training_time`: first step to last, measured in the
+    workers). ``worker_wall_time_s`` is the whole worker lifetime (data loading to final
+    evaluation) for reference. Peak memory is the largest resident set of any worker
+    (mean over seeds); ``sent_mb_per_worker_max`` the most payload any worker sent.
+    """
+    groups = _group(results)
+    serial = {_cfg(r)["seed"]: r for r in groups.get("serial", [])}
+    rows = []
+    for method, runs in groups.items():
+        if not runs:
+            continue
+        summaries = [r.summary for r in runs]
+        seeds = [_cfg(r)["seed"] for r in runs]
+        acc = [_num(s, "final_test_accuracy") for s in summaries]
+        f1 = [_num(s, "final_test_f1") for s in summaries]
+        wall = [training_time(r) for r in runs]
+        sp_iter, sp_wall = [], []
+        for seed, r in zip(seeds, runs):
+            base = serial.get(seed)
+            if base is None:
+                continue
+            sp_iter.append(_num(base.summary, "iterations") / _num(r.summary, "iterations"))
+            sp_wall.append(training_time(base) / training_time(r))
+        cfg = _cfg(runs[0])
+        acc_m, acc_s = report.mean_std(acc)
+        f1_m, f1_s = report.mean_std(f1)
+        wall_m, wall_s = report.mean_std(wall)
+        rows.append({
+            "method": METHOD_LABELS.get(method, method),
+            "workers": int(_num(summaries[0], "world_size")) if "world_size" in summaries[0] else cfg.get("nproc"),
+            "seeds": len(runs),
+            "test_accuracy": report.format_mean_std(acc, ".4f"),
+            "test_f1_macro": report.format_mean_std(f1, ".4f"),
+            "test_accuracy_mean": acc_m, "test_accuracy_std": acc_s,
+            "test_f1_mean": f1_m, "test_f1_std": f1_s,
+            "steps": report.mean_std(_num(s, "steps") for s in summaries)[0],
+            "sequential_iterations": report.mean_std(_num(s, "iterations") for s in summaries)[0],
+            "grad_evals": report.mean_std(_num(s, "grad_evals") for s in summaries)[0],
+            "images_consumed": report.mean_std(_num(s, "items_consumed") for s in summaries)[0],
+            "train_time_s_mean": wall_m, "train_time_s_std": wall_s,
+            "worker_wall_time_s": report.mean_std(_num(s, "wall_time_s") for s in summaries)[0],
+            "speedup_iterations": report.mean_std(sp_iter)[0],
+            "speedup_wall": report.mean_std(sp_wall)[0],
+            "peak_rss_mb_per_worker": report.mean_std(_num(s, "peak_rss_mb_max") for s in summaries)[0],
+            "sent_mb_per_worker_max": report.mean_std(
+                max(s.get("bytes_sent_per_rank") or [float("nan")]) / 2**20 for s in summaries)[0],
+        })
+    return pd.DataFrame(rows)
+
+
+def tradeoff_table(sweep: Sequence[RunResult], serial: Sequence[RunResult] = ()) -> pd.DataFrame:
+    """PASO's speed-up ``T/K`` and final accuracy per (threshold, ema_decay), over seeds.
+
+    ``accuracy_change_vs_serial`` subtracts serial's accuracy of the same seed (when
+    ``serial`` runs are given), so the column reads directly as "what the approximation
+    cost". ``failed`` counts runs that did not complete (e.g. a non-finite loss).
+    """
+    serial_acc = {_cfg(r)["seed"]: _num(r.summary, "final_test_accuracy") for r in serial}
+    groups: dict[tuple[float, float], list[RunResult]] = {}
+    for r in sweep:
+        c = _cfg(r)
+        if c["method"] != "paso":
+            raise ValueError(f"tradeoff_table takes PASO runs only; got a {c['method']!r} run ({r.path})")
+        groups.setdefault((float(c["threshold"]), float(c["ema_decay"])), []).append(r)
+    rows = []
+    for (threshold, ema), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        ok = [r for r in runs if r.summary.get("status") == "completed"]
+        summaries = [r.summary for r in ok]
+        acc = [_num(s, "final_test_accuracy") for s in summaries]
+        delta = [_num(r.summary, "final_test_accuracy") - serial_acc[_cfg(r)["seed"]]
+                 for r in ok if _cfg(r)["seed"] in serial_acc]
+        sp_m, sp_s = report.mean_std(_num(s, "speedup") for s in summaries)
+        acc_m, acc_s = report.mean_std(acc)
+        rows.append({
+            "threshold": threshold, "ema_decay": ema, "P": _cfg(runs[0])["P"], "seeds": len(runs),
+            "failed": len(runs) - len(ok),
+            "speedup_T_over_K_mean": sp_m, "speedup_T_over_K_std": sp_s,
+            "iterations_mean": report.mean_std(_num(s, "iterations") for s in summaries)[0],
+            "overhead_G_over_T": report.mean_std(_num(s, "overhead") for s in summaries)[0],
+            "test_accuracy_mean": acc_m, "test_accuracy_std": acc_s,
+            "test_f1_mean": report.mean_std(_num(s, "final_test_f1") for s in summaries)[0],
+            "accuracy_change_vs_serial": report.mean_std(delta)[0],
+            "final_threshold_mean": report.mean_std(_num(s, "final_threshold") for s in summaries)[0],
+            "train_time_s_mean": report.mean_std(training_time(r) for r in ok)[0],
+        })
+    return pd.DataFrame(rows)
+
+
+# =========================================================================== curves
+def aligned_metrics(result: RunResult) -> pd.DataFrame:
+    """The run's metrics with a sequential ``iteration`` on every row, evaluation rows too.
+
+    Serial and data-parallel runs log evaluations as separate rows keyed by ``step`` (the
+    steps done, which for them equals sequential iterations); PASO logs them inside the
+    iteration row. Filling ``iteration`` lets every method share one x-axis. The added
+    ``train_time_s`` is the worker time since the first training step began (see
+    :func:`training_time`), the wall-clock axis of the curves.
+    """
+    m = result.metrics.copy()
+    if m.empty:
+        return m
+    if "iteration" not in m.columns:
+        m["iteration"] = np.nan
+    if "step" in m.columns and _cfg(result)["method"] != "paso":
+        is_eval = m.filter(like="eval_").notna().any(axis=1) if m.filter(like="eval_").shape[1] else False
+        m.loc[is_eval & m["iteration"].isna(), "iteration"] = m.loc[is_eval & m["iteration"].isna(), "step"]
+    if "wall_time_s" in m.columns:
+        m["train_time_s"] = m["wall_time_s"] - training_start(m)
+    return m
+
+
+def _aligned(result: RunResult) -> RunResult:
+    return dataclasses.replace(result, metrics=aligned_metrics(result))
+
+
+CURVES = {
+    "loss_vs_iteration": ("train_loss", "iteration"),
+    "loss_vs_wall": ("train_loss", "train_time_s"),
+    "accuracy_vs_iteration": ("eval_test_accuracy", "iteration"),
+    "accuracy_vs_wall": ("eval_test_accuracy", "train_time_s"),
+}
+
+
+def curves(groups: Mapping[str, Sequence[RunResult]]) -> dict[str, pd.DataFrame]:
+    """Seed-aggregated curves per method: training loss and test accuracy against sequential
+    iterations and against wall time (keys of :data:`CURVES`; columns ``label, x, mean,
+    std, min, max, n``). Methods without a column (e.g. no evaluations) are left out."""
+    out: dict[str, pd.DataFrame] = {}
+    for name, (y, x) in CURVES.items():
+        parts = {}
+        for method, runs in groups.items():
+            aligned = [_aligned(r) for r in runs]
+            aligned = [r for r in aligned if {x, y} <= set(r.metrics.columns) and r.metrics[[x, y]].dropna().size]
+            if aligned:
+                parts[method] = aligned
+        out[name] = report.sequential_curve(parts, y, x) if parts else pd.DataFrame()
+    return out
+
+
+def paso_dynamics(runs: Sequence[RunResult]) -> pd.DataFrame:
+    """PASO's per-iteration bookkeeping (accepted steps, threshold, window errors) per seed."""
+    cols = ["iteration", "window_start", "accepted", "threshold", "err_mean", "steps_done"]
+    parts = []
+    for r in runs:
+        m = r.metrics
+        have = [c for c in cols if c in m.columns]
+        frame = m[have].dropna(subset=["accepted"]).copy() if "accepted" in m.columns else pd.DataFrame()
+        frame.insert(0, "seed", _cfg(r)["seed"])
+        parts.append(frame)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["seed", *cols])
+
+
+# =========================================================================== figures
+def _label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def plot_curves(curve_data: Mapping[str, pd.DataFrame], title: str) -> Any:
+    """2x2 figure: loss and accuracy against sequential iterations and against wall time."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    spec = [("loss_vs_iteration", axes[0, 0], "sequential iterations", "training loss (mini-batch)"),
+            ("loss_vs_wall", axes[0, 1], "training wall time [s]", "training loss (mini-batch)"),
+            ("accuracy_vs_iteration", axes[1, 0], "sequential iterations", "test accuracy"),
+            ("accuracy_vs_wall", axes[1, 1], "training wall time [s]", "test accuracy")]
+    for key, ax, xlabel, ylabel in spec:
+        frame = curve_data.get(key, pd.DataFrame())
+        x = CURVES[key][1]
+        if frame.empty:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        else:
+            for method, part in frame.groupby("label", sort=False):
+                style = "-o" if key.startswith("accuracy") else "-"
+                ax.plot(part[x], part["mean"], style, ms=3, lw=1.2, color=METHOD_COLORS.get(method),
+                        label=_label(method))
+                if part["n"].max() > 1:
+                    ax.fill_between(part[x], part["mean"] - part["std"], part["mean"] + part["std"],
+                                    color=METHOD_COLORS.get(method), alpha=0.15, lw=0)
+        if key.startswith("loss"):
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_paso_dynamics(dynamics: pd.DataFrame, title: str) -> Any:
+    """Accepted steps per iteration, and the (adaptive) threshold against the window's mean
+    error: why PASO advanced fast or slowly at each point of training."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    for seed, part in dynamics.groupby("seed"):
+        ax1.plot(part["iteration"], part["accepted"], lw=1, alpha=0.8, label=f"seed {seed}")
+        line, = ax2.plot(part["iteration"], part["threshold"], lw=1.5, label=f"threshold, seed {seed}")
+        if "err_mean" in part:
+            ax2.plot(part["iteration"], part["err_mean"], lw=0.8, ls=":", color=line.get_color(),
+                     label=f"mean window error, seed {seed}")
+    ax1.set_xlabel("PASO iteration K")
+    ax1.set_ylabel("steps accepted in the iteration")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    positive = dynamics[["threshold", "err_mean"]].to_numpy(dtype=float) if not dynamics.empty else np.array([])
+    if positive.size and np.nanmax(positive) > 0:
+        ax2.set_yscale("symlog", linthresh=max(1e-12, np.nanmin(positive[positive > 0])))
+    ax2.set_xlabel("PASO iteration K")
+    ax2.set_ylabel("threshold / error (x1e6 MSE)")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_tradeoff(tradeoff: pd.DataFrame, params: Mapping[str, Any], serial_accuracy: Sequence[float],
+                  title: str) -> Any:
+    """Speed-up T/K and final accuracy against threshold (at the main ema_decay) and
+    against ema_decay (at the main threshold), plus accuracy against speed-up for every
+    point, with serial's accuracy (mean ± std over seeds) as the reference band."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    acc_m, acc_s = report.mean_std(serial_accuracy)
+    ok = tradeoff[tradeoff["failed"] < tradeoff["seeds"]] if not tradeoff.empty else tradeoff
+    axes_spec = [
+        (axes[0], ok[ok["ema_decay"] == float(params["ema_decay"])], "threshold",
+         f"threshold (ema_decay={params['ema_decay']:g})"),
+        (axes[1], ok[ok["threshold"] == float(params["threshold"])], "ema_decay",
+         f"ema_decay (threshold={params['threshold']:g})"),
+    ]
+    for ax, part, col, xlabel in axes_spec:
+        part = part.sort_values(col)
+        pos = np.arange(len(part))  # categorical axis: thresholds span decades and include 0
+        ax.plot(pos, part["speedup_T_over_K_mean"], "-o", color="tab:red", label="speed-up T/K")
+        ax.set_xticks(pos, [f"{v:g}" for v in part[col]])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("speed-up in iterations T/K", color="tab:red")
+        ax.grid(alpha=0.3)
+        twin = ax.twinx()
+        twin.errorbar(pos, part["test_accuracy_mean"], yerr=part["test_accuracy_std"].fillna(0), fmt="-s",
+                      color="tab:blue", capsize=3, label="PASO test accuracy")
+        if math.isfinite(acc_m):
+            twin.axhline(acc_m, color="black", ls="--", lw=1, label="serial accuracy")
+            if acc_s > 0:
+                twin.axhspan(acc_m - acc_s, acc_m + acc_s, color="black", alpha=0.08)
+        twin.set_ylabel("final test accuracy", color="tab:blue")
+        if ax is axes[0]:
+            lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+            ax.legend(lines, [h.get_label() for h in lines], fontsize=8, loc="lower left")
+    ax = axes[2]
+    for _, row in ok.iterrows():
+        ax.errorbar(row["speedup_T_over_K_mean"], row["test_accuracy_mean"],
+                    yerr=0 if pd.isna(row["test_accuracy_std"]) else row["test_accuracy_std"], fmt="o",
+                    color="tab:red", capsize=2)
+        ax.annotate(f"thr={row['threshold']:g}\nema={row['ema_decay']:g}",
+                    (row["speedup_T_over_K_mean"], row["test_accuracy_mean"]), fontsize=7,
+                    textcoords="offset points", xytext=(4, 4))
+    if math.isfinite(acc_m):
+        ax.axhline(acc_m, color="black", ls="--", lw=1, label="serial (1x)")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("speed-up in iterations T/K")
+    ax.set_ylabel("final test accuracy")
+    ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep_run(run: RunResult, serial: RunResult | None) -> Any:
+    """One sweep run next to serial: loss against sequential iterations, accepted steps."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8))
+    for r, color, label in ((serial, "black", "serial"), (run, "tab:red", "PASO")):
+        if r is None:
+            continue
+        m = aligned_metrics(r)
+        train = m.dropna(subset=["train_loss"])
+        ax1.plot(train["iteration"], train["train_loss"], color=color, lw=1, label=label)
+    ax1.set_yscale("log")
+    ax1.set_xlabel("sequential iterations")
+    ax1.set_ylabel("training loss")
+    ax1.grid(alpha=0.3)
+    ax1.legend()
+    m = run.metrics
+    if "accepted" in m.columns:
+        ax2.plot(m["iteration"], m["accepted"], color="tab:red", lw=1)
+    ax2.set_xlabel("PASO iteration K")
+    ax2.set_ylabel("steps accepted")
+    ax2.grid(alpha=0.3)
+    c, s = run.config, run.summary
+    fig.suptitle(f"threshold={c['threshold']:g}, ema_decay={c['ema_decay']:g}: T/K={_num(s, 'speedup'):.2f}, "
+                 f"test accuracy {_num(s, 'final_test_accuracy'):.4f}")
+    fig.tight_layout()
+    return fig
+
+
+def sweep_explorer(sweep: Sequence[RunResult], serial: RunResult | None) -> Any | None:
+    """A dropdown over the sweep's runs that redraws :func:`plot_sweep_run`.
+
+    Returns None when ipywidgets is not installed; the notebook then draws the main run
+    statically. Headless (papermill, nbmake) the widget is created and its first drawing
+    is stored in the notebook's widget state, so nothing fails without a browser.
+    """
+    try:
+        import ipywidgets as widgets
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    ordered = sorted(sweep, key=lambda r: (float(r.config["ema_decay"]), float(r.config["threshold"]),
+                                           r.config["seed"]))
+    options = [(f"threshold={r.config['threshold']:g}, ema_decay={r.config['ema_decay']:g}, "
+                f"seed={r.config['seed']}", i) for i, r in enumerate(ordered)]
+    if not options:
+        return None
+    dropdown = widgets.Dropdown(options=options, value=0, description="PASO run",
+                                layout=widgets.Layout(width="480px"))
+    output = widgets.Output()
+
+    def draw(change: Any = None) -> None:
+        with output:
+            output.clear_output(wait=True)
+            fig = plot_sweep_run(ordered[dropdown.value], serial)
+            plt.show()
+            plt.close(fig)
+
+    dropdown.observe(draw, names="value")
+    draw()
+    return widgets.VBox([dropdown, output])
+
+
+# =========================================================================== text
+def artifact_name(params: Mapping[str, Any], what: str) -> str:
+    """``cifar_paso_<scale>_<dataset>_<model>_P<P>_<what>``: runs at other settings (``-p P 7``,
+    smoke CI runs) do not overwrite each other's tables and figures."""
+    return f"{ARTIFACT_STEM}_{params['scale']}_{params['dataset']}_{params['model']}_P{params['P']}_{what}"
+
+
+def artifact_config(plan: Plan) -> dict[str, Any]:
+    """What is stored beside every table and figure: parameters and the dataset decision."""
+    return {"params": plan.params, "dataset_message": plan.dataset.message,
+            "runs": [describe_config(c) for c in plan.configs]}
+
+
+def discussion(table: pd.DataFrame, tradeoff: pd.DataFrame, params: Mapping[str, Any],
+               choice: DatasetChoice, cpu_count: int | None = None) -> str:
+    """A Markdown discussion whose every number comes from ``table`` and ``tradeoff``.
+
+    Why generated: typed-in results go stale the moment someone reruns the notebook with
+    other parameters or on other hardware; this text follows the numbers it sits next to.
+    """
+    cpu_count = cpu_count or os.cpu_count() or 1
+    rows = {r["method"]: r for _, r in table.iterrows()}
+    lines = []
+    paso, serial = rows.get(METHOD_LABELS["paso"]), rows.get(METHOD_LABELS["serial"])
+    data = ("the bundled **digits** dataset (the CIFAR-10 fallback, see the warning above)" if choice.fallback
+            else f"**{choice.dataset}**")
+    lines.append(f"These results are for {data}, model `{params['model']}`, {params['steps']} steps of batch "
+                 f"{params['batch_size']}, {params['optimizer']} lr {params['lr']:g}, {len(params['seeds'])} seed(s), "
+                 f"on a machine with {cpu_count} CPU core(s)"
+                 + (" and no GPU." if not _has_cuda() else " and a GPU."))
+    if paso is not None and serial is not None:
+        lines.append(
+            f"- **Iterations.** PASO (P={params['P']}, threshold {params['threshold']:g}, ema {params['ema_decay']:g}) "
+            f"needed {paso['sequential_iterations']:.0f} sequential iterations for the {serial['steps']:.0f} steps "
+            f"serial takes one by one: a speed-up of **{paso['speedup_iterations']:.2f}x in iterations**, paid for with "
+            f"{paso['grad_evals']:.0f} gradient evaluations instead of {serial['grad_evals']:.0f} "
+            f"({paso['grad_evals'] / serial['grad_evals']:.2f}x the compute).")
+        wall = paso["speedup_wall"]
+        workers = int(paso["workers"]) if pd.notna(paso["workers"]) else params["P"]
+        if not math.isfinite(wall):
+            verdict = "The wall-clock speed-up could not be computed (missing timings)"
+        elif wall >= 1:
+            verdict = f"PASO was **{wall:.2f}x faster** than serial in wall time"
+        else:
+            verdict = f"PASO was **{1 / wall:.2f}x slower** than serial in wall time (speed-up {wall:.2f}x)"
+        lines.append(
+            f"- **Wall clock.** {verdict} ({paso['train_time_s_mean']:.1f} s vs {serial['train_time_s_mean']:.1f} s of training). "
+            + (f"Its {workers} workers share {cpu_count} core(s), so its {paso['grad_evals']:.0f} gradient "
+               "evaluations cannot all run at once: wall time follows gradient evaluations per core plus "
+               "communication, not iterations. The paper's wall-clock gains assume one accelerator per worker."
+               if workers > cpu_count else
+               "Each worker has its own core, so iteration savings can turn into wall-clock savings, minus "
+               "the extra gradient evaluations and the communication of each iteration."))
+        diff = paso["test_accuracy_mean"] - serial["test_accuracy_mean"]
+        spreads = [float(v) for v in (serial["test_accuracy_std"], paso["test_accuracy_std"]) if pd.notna(v)]
+        noise = max(spreads) if spreads else float("nan")
+        if len(params["seeds"]) > 1 and math.isfinite(noise):
+            parity = ("within" if abs(diff) <= 2 * noise else "outside")
+            parity_text = f"{parity} twice the seed-to-seed standard deviation ({noise:.4f})"
+        else:
+            parity_text = "with a single seed, so no seed-to-seed spread to compare with"
+        lines.append(
+            f"- **Accuracy.** Final test accuracy {paso['test_accuracy']} (PASO) vs {serial['test_accuracy']} "
+            f"(serial): a difference of {diff:+.4f}, {parity_text}.")
+    for key in ("naive_dp", "ddp"):
+        row = rows.get(METHOD_LABELS[key])
+        if row is not None and serial is not None:
+            lines.append(
+                f"- **{METHOD_LABELS[key]}** ({int(row['workers'])} workers) takes the same {row['sequential_iterations']:.0f} "
+                f"iterations as serial on the same global batches, so its accuracy {row['test_accuracy']} follows "
+                f"serial's trajectory up to rounding; its wall-clock speed-up is {row['speedup_wall']:.2f}x.")
+    if not tradeoff.empty:
+        done = tradeoff[tradeoff["failed"] < tradeoff["seeds"]]
+        if not done.empty:
+            best = done.loc[done["speedup_T_over_K_mean"].idxmax()]
+            worst = done.loc[done["test_accuracy_mean"].idxmin()]
+            lines.append(
+                f"- **Trade-off.** Across the sweep, T/K ranged from {done['speedup_T_over_K_mean'].min():.2f}x to "
+                f"{done['speedup_T_over_K_mean'].max():.2f}x; the largest speed-up (threshold {best['threshold']:g}, "
+                f"ema {best['ema_decay']:g}) ended at accuracy {best['test_accuracy_mean']:.4f}"
+                + (f" ({best['accuracy_change_vs_serial']:+.4f} vs serial)"
+                   if pd.notna(best["accuracy_change_vs_serial"]) else "")
+                + f"; the lowest accuracy in the sweep was {worst['test_accuracy_mean']:.4f} (threshold "
+                f"{worst['threshold']:g}, ema {worst['ema_decay']:g}).")
+        failed = tradeoff[tradeoff["failed"] > 0]
+        if not failed.empty:
+            lines.append(f"- {int(failed['failed'].sum())} sweep run(s) did not finish (non-finite loss): "
+                         + ", ".join(f"threshold {r.threshold:g}/ema {r.ema_decay:g}" for r in failed.itertuples()))
+    paper = PRESETS["paper"]
+    is_paper = (choice.dataset == "cifar10" and params["steps"] >= paper["steps"] and params["model"] == "cnn")
+    lines.append(
+        "- **What this does not reproduce.** " + (
+            "This run matches the paper's CIFAR-10 configuration in dataset, model and length."
+            if is_paper else
+            f"The paper's accuracy claims are for CIFAR-10 with {paper['steps']} steps of batch {paper['batch_size']} "
+            f"on {paper['nproc']} GPUs (`-p scale paper`); this run ({choice.dataset}, {params['steps']} steps) "
+            "checks the method's behaviour (iterations, exactness, trade-off), not those accuracies."))
+    return "\n".join(lines)
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False

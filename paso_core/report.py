@@ -1,0 +1,285 @@
+"""Method-agnostic helpers the notebooks share: save figures/tables with their config,
+align runs on sequential iterations, aggregate over seeds, and fill notebook parameters.
+
+Every artifact is written next to a JSON file holding the configuration that produced it
+(and the machine it ran on), so a figure or table found on disk can be traced back to
+the exact settings without the notebook. Nothing here knows about a particular method:
+the caller names the metric columns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .runs import RunResult, artifacts_root
+
+__all__ = [
+    "environment",
+    "save_figure",
+    "save_table",
+    "to_markdown",
+    "run_curve",
+    "sequential_curve",
+    "iterations_to_reach",
+    "plot_curves",
+    "mean_std",
+    "format_mean_std",
+    "resolve_parameters",
+]
+
+
+# ------------------------------------------------------------------------ saving
+def environment() -> dict[str, Any]:
+    """Where the numbers were measured (timings mean little without it)."""
+    import torch
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    if hasattr(os, "getloadavg"):
+        info["load_average_1_5_15_min"] = [round(v, 2) for v in os.getloadavg()]
+    return info
+
+
+def _jsonable(value: Any) -> Any:
+    """Best-effort conversion for config values (paths, numpy scalars, tuples)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _check_name(name: str) -> str:
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"artifact name {name!r} must be a plain file stem (no directories, no leading dot)")
+    return name
+
+
+def _write_config(path: Path, config: Mapping[str, Any] | None, kind: str, files: Iterable[Path]) -> Path:
+    record = {"artifact": kind, "files": [p.name for p in files], "config": _jsonable(dict(config or {})),
+              "environment": environment()}
+    path.write_text(json.dumps(record, indent=2, sort_keys=True))
+    return path
+
+
+def save_figure(fig: Any, name: str, config: Mapping[str, Any] | None = None, *,
+                root: str | Path | None = None, dpi: int = 150) -> Path:
+    """Write ``fig`` as ``<artifacts>/figures/<name>.png`` plus ``<name>.json`` (config + machine)."""
+    folder = Path(root) if root is not None else artifacts_root() / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    png = folder / f"{_check_name(name)}.png"
+    fig.savefig(png, dpi=dpi, bbox_inches="tight")
+    _write_config(folder / f"{name}.json", config, "figure", [png])
+    return png
+
+
+def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g", missing: str = "") -> str:
+    """A GitHub pipe table (NaN/None shown as ``missing``); uses ``tabulate`` via pandas when
+    installed, else a plain fallback, so saving a table never fails on a missing extra."""
+    try:
+        shown = df.astype(object).where(df.notna(), None)  # tabulate blanks None, not NaN
+        return shown.to_markdown(index=False, floatfmt=floatfmt, missingval=missing)
+    except ImportError:
+        def cell(v: Any) -> str:
+            if v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)):
+                return missing
+            if isinstance(v, (float, np.floating)):
+                return format(float(v), floatfmt)
+            return str(v).replace("|", "\\|")
+        header = "| " + " | ".join(map(str, df.columns)) + " |"
+        rule = "|" + "|".join("---" for _ in df.columns) + "|"
+        rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+        return "\n".join([header, rule, *rows])
+
+
+def save_table(df: pd.DataFrame, name: str, config: Mapping[str, Any] | None = None, *,
+               root: str | Path | None = None, title: str | None = None,
+               notes: str | None = None) -> tuple[Path, Path]:
+    """Write ``df`` to ``<artifacts>/tables/<name>.csv`` and ``.md`` (+ ``.json`` config).
+
+    The Markdown file carries an optional title and notes so it reads on its own.
+    Returns ``(csv_path, md_path)``.
+    """
+    folder = Path(root) if root is not None else artifacts_root() / "tables"
+    folder.mkdir(parents=True, exist_ok=True)
+    csv = folder / f"{_check_name(name)}.csv"
+    md = folder / f"{name}.md"
+    df.to_csv(csv, index=False)
+    parts = [f"# {title}\n"] if title else []
+    if notes:
+        parts.append(notes.strip() + "\n")
+    parts.append(to_markdown(df) + "\n")
+    md.write_text("\n".join(parts))
+    _write_config(folder / f"{name}.json", config, "table", [csv, md])
+    return csv, md
+
+
+# ----------------------------------------------------------------------- curves
+def run_curve(result: RunResult, y: str, x: str = "iteration", *, x_offset: float = 0,
+              final: str | None = None, final_x: str = "iterations",
+              transform: Callable[[pd.Series], pd.Series] | None = None) -> pd.DataFrame:
+    """One run's metric ``y`` against ``x`` as a two-column frame sorted by ``x``.
+
+    ``x_offset`` shifts the axis: rows that log the loss at the *start* of iteration ``i``
+    (before its update) describe the state after ``i-1`` iterations, so pass ``-1``.
+    ``final`` names a summary key appended at ``x = summary[final_x]`` (e.g. the final
+    gap after the last iteration, which no "start of iteration" row contains).
+    """
+    metrics = result.metrics
+    if y not in metrics.columns or x not in metrics.columns:
+        raise KeyError(f"run {result.path} has no column {y!r} or {x!r}; columns: {list(metrics.columns)}")
+    frame = metrics[[x, y]].dropna().astype(float).copy()
+    frame[x] = frame[x] + x_offset
+    if final is not None:
+        if final not in result.summary or final_x not in result.summary:
+            raise KeyError(f"summary of {result.path} lacks {final!r} or {final_x!r}")
+        frame = pd.concat([frame, pd.DataFrame({x: [float(result.summary[final_x])],
+                                                y: [float(result.summary[final])]})])
+    frame = frame.sort_values(x, kind="stable").drop_duplicates(subset=x, keep="last")
+    if transform is not None:
+        frame[y] = transform(frame[y])
+    return frame.reset_index(drop=True)
+
+
+def _aggregate(curves: Sequence[pd.DataFrame], x: str, y: str) -> pd.DataFrame:
+    """Mean/std/min/max over runs on the union of their x values (step-wise hold inside a run)."""
+    grid = np.unique(np.concatenate([c[x].to_numpy() for c in curves]))
+    columns = []
+    for c in curves:
+        s = pd.Series(c[y].to_numpy(), index=c[x].to_numpy())
+        held = s.reindex(grid, method="ffill")
+        held[(grid < s.index.min()) | (grid > s.index.max())] = np.nan  # no data outside a run
+        columns.append(held.to_numpy())
+    values = np.vstack(columns)
+    count = np.isfinite(values).sum(0)
+    with warnings.catch_warnings():  # all-NaN columns (no run at that x) give NaN, silently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = pd.DataFrame({
+            x: grid, "mean": np.nanmean(values, 0), "std": np.nanstd(values, 0, ddof=0),
+            "min": np.nanmin(values, 0), "max": np.nanmax(values, 0), "n": count,
+        })
+    return out
+
+
+def sequential_curve(results: Sequence[RunResult] | Mapping[str, Sequence[RunResult]], y: str,
+                     x: str = "iteration", **curve_options: Any) -> pd.DataFrame:
+    """Align several runs (e.g. seeds) on sequential iterations and aggregate them.
+
+    ``results`` is a list of runs (one group) or ``{label: runs}`` (several groups; the
+    output then has a ``label`` column). Options go to :func:`run_curve` (``x_offset``,
+    ``final``, ``transform`` — e.g. ``np.log10`` to average log-gaps). Output columns:
+    ``x, mean, std, min, max, n`` where ``n`` counts the runs that have data at ``x``
+    (a run contributes from its first to its last logged ``x``, holding its last value
+    in between, so runs logged at different iterations still line up).
+    """
+    if isinstance(results, Mapping):
+        parts = []
+        for label, runs in results.items():
+            part = sequential_curve(runs, y, x, **curve_options)
+            part.insert(0, "label", label)
+            parts.append(part)
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    runs = list(results)
+    if not runs:
+        raise ValueError("sequential_curve needs at least one run")
+    return _aggregate([run_curve(r, y, x, **curve_options) for r in runs], x, y)
+
+
+def iterations_to_reach(metrics: pd.DataFrame, column: str, target: float, x: str = "iteration",
+                        mode: str = "below") -> float:
+    """First ``x`` at which ``column`` reaches ``target`` (``<=`` for ``below``, ``>=`` for ``above``).
+
+    Returns NaN if it is never reached, so callers can report "not reached" rather than a
+    misleading number. Works on raw metrics or on a :func:`run_curve` frame.
+    """
+    if mode not in ("below", "above"):
+        raise ValueError(f"mode must be 'below' or 'above', got {mode!r}")
+    if column not in metrics.columns or x not in metrics.columns:
+        raise KeyError(f"no column {column!r} or {x!r}; columns: {list(metrics.columns)}")
+    frame = metrics[[x, column]].dropna().sort_values(x, kind="stable")
+    hit = frame[column] <= target if mode == "below" else frame[column] >= target
+    return float(frame.loc[hit, x].iloc[0]) if bool(hit.any()) else float("nan")
+
+
+def plot_curves(ax: Any, curves: pd.DataFrame, x: str = "iteration", *, band: str = "std",
+                labels: Mapping[str, str] | None = None, alpha: float = 0.2) -> Any:
+    """Draw :func:`sequential_curve` output (with a ``label`` column): mean line + spread band.
+
+    ``band`` is ``"std"`` (mean ± std), ``"range"`` (min … max) or ``"none"``.
+    """
+    if band not in ("std", "range", "none"):
+        raise ValueError(f"band must be 'std', 'range' or 'none', got {band!r}")
+    groups = curves.groupby("label", sort=False) if "label" in curves.columns else [("", curves)]
+    for label, part in groups:
+        name = (labels or {}).get(label, label)
+        (line,) = ax.plot(part[x], part["mean"], label=name, drawstyle="steps-post")
+        if band != "none" and (part["n"] > 1).any():
+            lo, hi = ((part["mean"] - part["std"], part["mean"] + part["std"]) if band == "std"
+                      else (part["min"], part["max"]))
+            ax.fill_between(part[x], lo, hi, step="post", color=line.get_color(), alpha=alpha, linewidth=0)
+    return ax
+
+
+# ----------------------------------------------------------------- formatting
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and (population) standard deviation of the finite values; NaN if none."""
+    arr = np.asarray([float(v) for v in values], dtype=float)
+    arr = arr[np.isfinite(arr)]
+    if arr.size == 0:
+        return float("nan"), float("nan")
+    return float(arr.mean()), float(arr.std())
+
+
+def format_mean_std(values: Iterable[float], fmt: str = ".3g") -> str:
+    """``"m ± s"`` over seeds (just ``"m"`` for one value; ``"n/a"`` when nothing is finite)."""
+    vals = [float(v) for v in values]
+    finite = [v for v in vals if math.isfinite(v)]
+    if not finite:
+        return "n/a"
+    m, s = mean_std(finite)
+    text = format(m, fmt) if len(finite) == 1 else f"{format(m, fmt)} ± {format(s, fmt)}"
+    return text if len(finite) == len(vals) else f"{text} ({len(finite)}/{len(vals)})"
+
+
+# ------------------------------------------------------------------ parameters
+def resolve_parameters(values: Mapping[str, Any], presets: Mapping[str, Mapping[str, Any]],
+                       scale: str | None = None, env_var: str = "PASO_SCALE",
+                       default_scale: str = "default") -> dict[str, Any]:
+    """Fill the ``None`` entries of ``values`` from the preset of the chosen scale.
+
+    The scale is ``scale`` if given, else ``$PASO_SCALE`` (how CI runs notebooks at smoke
+    scale under nbmake, which cannot pass parameters), else ``default_scale``. Values given
+    explicitly (papermill ``-p``) always win over the preset. The result includes ``scale``.
+    """
+    chosen = scale or os.environ.get(env_var) or default_scale
+    if chosen not in presets:
+        raise ValueError(f"scale={chosen!r} is not valid; choose one of: {', '.join(presets)}")
+    preset = presets[chosen]
+    unknown = sorted(set(values) - set(preset))
+    if unknown:
+        raise ValueError(f"parameter(s) {unknown} have no preset in scale {chosen!r}")
+    out = {k: (preset[k] if v is None else v) for k, v in values.items()}
+    out.update({k: v for k, v in preset.items() if k not in out})
+    out["scale"] = chosen
+    return out
+

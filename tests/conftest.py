@@ -1,0 +1,19 @@
+"""Shared fixtures: every test writes runs and artifacts under a temporary directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def isolated_artifacts(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path_factory.mktemp("artifacts")
+    monkeypatch.setenv("PASO_ARTIFACTS", str(root))
+    monkeypatch.setenv("PASO_CACHE", str(Path(os.environ.get("PASO_TEST_CACHE", "/tmp/paso_test_cache"))))
+    return root

@@ -1,0 +1,69 @@
+"""Failures are reported with the failing rank and its log tail, within a bounded time."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+import paso_core
+from paso_core.config import RunConfig, validate
+from paso_core.launch import NonFiniteLossError, RunError, WorkerFailed, torchrun_command
+
+TINY = dict(task="synthetic", function="sphere", dim=64, steps=6, progress=False)
+
+
+def test_exception_on_one_rank_names_that_rank() -> None:
+    with pytest.raises(WorkerFailed) as info:
+        paso_core.run(method="paso", P=2, extra={"inject_fault": {"rank": 1, "kind": "raise"}}, **TINY)
+    err = info.value
+    assert err.rank == 1
+    assert "injected failure on rank 1" in str(err)
+    assert "tail of rank1.log" in str(err) and "Traceback" in err.log_tail
+
+
+def test_worker_killed_without_report_is_still_named() -> None:
+    with pytest.raises(WorkerFailed) as info:
+        paso_core.run(method="naive_dp", nproc=2, extra={"inject_fault": {"rank": 1, "kind": "exit"}}, **TINY)
+    assert info.value.rank == 1
+    assert "exited with code 3" in str(info.value)
+
+
+def test_stalled_collective_ends_within_timeout() -> None:
+    tic = time.perf_counter()
+    with pytest.raises(RunError) as info:
+        paso_core.run(method="paso", P=2, collective_timeout_s=5, stall_timeout_s=60,
+                      extra={"inject_fault": {"rank": 1, "kind": "hang"}}, **TINY)
+    assert time.perf_counter() - tic < 90
+    assert "rank" in str(info.value)
+
+
+def test_nonfinite_loss_stops_and_keeps_metrics() -> None:
+    with pytest.raises(NonFiniteLossError) as info:
+        paso_core.run(method="serial", task="synthetic", function="rosenbrock", dim=64, steps=200,
+                      optimizer="sgd", lr=10.0, progress=False)
+    assert "non-finite loss" in str(info.value)
+    metrics = paso_core.load_run(info.value.path).metrics
+    assert len(metrics) > 0 and (info.value.path / "metrics.csv").exists()
+
+
+def test_torchrun_command_passes_multinode_arguments(tmp_path) -> None:
+    cfg = validate(RunConfig(method="paso", P=4, nproc=2, nnodes=2, node_rank=1,
+                             rdzv_endpoint="node0:29400", steps=10))
+    cmd = torchrun_command(cfg, tmp_path / "config.json")
+    assert "--nnodes=2" in cmd and "--nproc-per-node=2" in cmd
+    assert "--rdzv-endpoint=node0:29400" in cmd and "--node-rank=1" in cmd
+    assert "--standalone" not in cmd
+    single = torchrun_command(validate(RunConfig(steps=3)), tmp_path / "config.json")
+    assert "--standalone" in single
+
+
+def test_run_directory_layout() -> None:
+    result = paso_core.run(method="serial", **TINY)
+    files = {p.name for p in result.path.iterdir()}
+    assert {"config.json", "metrics.csv", "summary.json", "final.pt", "logs"} <= files
+    assert (result.path / "logs" / "rank0.log").exists()
+    assert json.loads((result.path / "config.json").read_text())["method"] == "serial"
+    assert list(result.metrics["step"]) == list(range(6))
+    assert result.summary["status"] == "completed"

@@ -1,0 +1,71 @@
+"""PASO's decision rules as pure functions, and the relay rollout for coupled weight decay."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import paso_core
+from paso_core.config import ConfigError
+from paso_core.methods.paso import Window, accepted_steps, updated_threshold
+
+from test_paso_exact import max_abs_diff, reference_parameters
+
+
+def test_accepted_steps_stops_at_first_large_error() -> None:
+    assert accepted_steps([0.1, 0.2, 5.0, 0.1], threshold=1.0, window=5) == 3
+    assert accepted_steps([2.0, 0.0], threshold=1.0, window=3) == 1
+    assert accepted_steps([0.5, 0.5], threshold=1.0, window=3) == 3
+    assert accepted_steps([], threshold=1.0, window=1) == 1
+    assert accepted_steps([0.0, 0.0], threshold=0.0, window=3) == 3
+
+
+def test_nan_error_is_never_accepted() -> None:
+    assert accepted_steps([0.1, math.nan, 0.1], threshold=1.0, window=4) == 2
+
+
+def test_threshold_ema_mean_and_median() -> None:
+    errors = [1.0, 2.0, 9.0]
+    assert updated_threshold(1.0, errors, 0.5, "mean") == pytest.approx(0.5 + 0.5 * 4.0)
+    assert updated_threshold(1.0, errors, 0.5, "median") == pytest.approx(0.5 + 0.5 * 2.0)
+    assert updated_threshold(1.0, errors, 1.0, "mean") == 1.0
+    assert updated_threshold(1.0, [], 0.5, "mean") == 1.0
+    assert updated_threshold(1.0, [math.inf, 3.0], 0.5, "mean") == pytest.approx(2.0)
+
+
+def test_window_positions_rotate() -> None:
+    win = Window(start_rank=2)
+    assert [win.position(r, 4) for r in range(4)] == [2, 3, 0, 1]
+    assert [win.rank_of(p, 4) for p in range(4)] == [2, 3, 0, 1]
+
+
+def test_scan_with_coupled_weight_decay_is_rejected_before_launch() -> None:
+    with pytest.raises(ConfigError, match="rollout='scan'.*relay"):
+        paso_core.run(method="paso", P=2, steps=4, optimizer="adam", weight_decay=0.1, rollout="scan")
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "momentum"])
+def test_relay_rollout_is_exact_with_coupled_weight_decay(optimizer: str) -> None:
+    options = dict(task="synthetic", function="rosenbrock", dim=100, steps=12, lr=1e-3, optimizer=optimizer,
+                   weight_decay=0.05, lr_schedule="cosine", seed=2, progress=False)
+    result = paso_core.run(method="paso", P=3, threshold=0.0, ema_decay=1.0, **options)
+    assert result.summary["rollout"] == "relay"
+    final = torch.load(result.path / "final.pt", weights_only=True)
+    assert max_abs_diff(reference_parameters(options), final) <= 1e-5
+
+
+def test_threshold_trades_accuracy_for_fewer_iterations() -> None:
+    options = dict(task="synthetic", function="ackley", dim=500, steps=60, lr=1e-2, optimizer="adam",
+                   seed=0, progress=False)
+    exact = paso_core.run(method="paso", P=4, threshold=0.0, ema_decay=1.0, **options)
+    loose = paso_core.run(method="paso", P=4, threshold=1e-2, ema_decay=0.99, **options)
+    assert loose.summary["iterations"] < exact.summary["iterations"]
+    assert loose.summary["grad_evals"] <= 4 * loose.summary["iterations"]
+    metrics = loose.metrics
+    assert (metrics["accepted"] >= 1).all() and metrics["accepted"].sum() == 60
+    assert {"window_start", "threshold", "err_mean", "time_grad_s", "time_comm_s", "time_rollout_s",
+            "bytes_sent_rank0"} <= set(metrics.columns)
+    gap_exact, gap_loose = exact.summary["final_gap"], loose.summary["final_gap"]
+    assert abs(gap_exact - gap_loose) < 0.05 * abs(gap_exact) + 1e-3
