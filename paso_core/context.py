@@ -94,13 +94,12 @@ class WorkerContext:
             raise StopRequested(f"stop_after={self.cfg.stop_after} reached at {done}")
 
     # -------------------------------------------------------------- checkpoints
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoint" / f"rank{self.rank}.pt"
+    def checkpoint_path(self, rank: int | None = None) -> Path:
+        return self.run_dir / "checkpoint" / f"rank{self.rank if rank is None else rank}.pt"
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Write this rank's checkpoint atomically (write then rename)."""
-        path = self.checkpoint_path
+        path = self.checkpoint_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         if self.is_main:
             state = {**state, "metrics_rows": self.rows_written()}
@@ -108,10 +107,12 @@ class WorkerContext:
         torch.save(state, tmp)
         tmp.replace(path)
 
-    def load_checkpoint(self) -> dict[str, Any] | None:
-        if not self.cfg.resume or not self.checkpoint_path.exists():
+    def load_checkpoint(self, rank: int | None = None) -> dict[str, Any] | None:
+        """This rank's checkpoint (or ``rank``'s, for methods whose ranks share one state)."""
+        path = self.checkpoint_path(rank)
+        if not self.cfg.resume or not path.exists():
             return None
-        return torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        return torch.load(path, map_location=self.device, weights_only=False)
 
     def due_for_checkpoint(self, done: int, previous: int) -> bool:
         every = self.cfg.checkpoint_every

@@ -95,16 +95,24 @@ class Comm:
 
     def _exchange(self, tensor: torch.Tensor | None, send_to: int | None,
                   recv_from: int | None, recv_like: torch.Tensor | None) -> torch.Tensor | None:
-        requests = []
+        ops: list[dist.P2POp] = []
         received = None
         if recv_from is not None:
             like = recv_like if recv_like is not None else tensor
             assert like is not None
             received = torch.empty_like(like)
-            requests.append(dist.irecv(received, src=recv_from))
+            ops.append(dist.P2POp(dist.irecv, received, recv_from))
         if send_to is not None and tensor is not None:
-            requests.append(dist.isend(tensor.contiguous(), dst=send_to))
+            ops.append(dist.P2POp(dist.isend, tensor.contiguous(), send_to))
             self.bytes_sent += self._nbytes(tensor)
+        if not ops:
+            return received
+        if self.device.type == "cuda":
+            # NCCL: group the pair so lazily created peer communicators cannot deadlock.
+            requests = dist.batch_isend_irecv(ops)
+        else:
+            # gloo: plain isend/irecv (batch_isend_irecv hangs on gloo before torch 2.8).
+            requests = [op.op(op.tensor, op.peer) for op in ops]
         for request in requests:
             request.wait()
         return received
@@ -123,6 +131,16 @@ class Comm:
                 dist.all_reduce(tensor, op=op)
             self.bytes_sent += int(2 * (self.world - 1) / self.world * self._nbytes(tensor))
         return tensor
+
+    def all_gather_into_rows(self, tensor: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """All-gather one flat tensor per rank into the rows of ``out`` (world, d)."""
+        if self.world == 1:
+            out[0].copy_(tensor)
+            return out
+        with self._timed():
+            dist.all_gather(list(out.unbind(0)), tensor.contiguous())
+        self.bytes_sent += self._nbytes(tensor) * (self.world - 1)
+        return out
 
     def all_gather_floats(self, values: list[float]) -> torch.Tensor:
         """Gather a short list of floats from every rank into a (world, len) CPU float64 tensor."""

@@ -25,7 +25,7 @@ SCALES = ("smoke", "default", "paper")
 BENCHMARKS: dict[str, dict[str, list[str]]] = {
     "paso_scaling": {
         "smoke": ["--dim", "20000", "--steps", "20", "--P", "2", "4"],
-        "default": ["--dim", "1000000", "--steps", "60", "--relay"],
+        "default": ["--dim", "4000000", "--steps", "60", "--relay"],
         "paper": ["--dim", "10000000", "--steps", "1000", "--relay"],
     },
     "vision_pipeline": {"smoke": ["--seconds", "0.5"], "default": [], "paper": []},

@@ -67,3 +67,18 @@ def test_run_directory_layout() -> None:
     assert json.loads((result.path / "config.json").read_text())["method"] == "serial"
     assert list(result.metrics["step"]) == list(range(6))
     assert result.summary["status"] == "completed"
+
+
+def test_cli_runs_the_same_options(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "cli-run"
+    proc = subprocess.run([sys.executable, "-m", "paso_core", "run", "--method", "paso", "--task", "synthetic",
+                           "--function", "rosenbrock", "--dim", "32", "--steps", "5", "--P", "2",
+                           "--threshold", "1e-4", "--ema-decay", "0.9", "--no-progress", "--out-dir", str(out),
+                           "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["method"] == "paso" and summary["steps"] == 5 and summary["P"] == 2
+    assert paso_core.load_run(out).config["threshold"] == 1e-4

@@ -277,6 +277,11 @@ def test_notebook_runs_at_smoke_scale(tmp_path: Path, monkeypatch: pytest.Monkey
     nb = nbformat.read(source, as_version=4)
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1 and "scale = None" in tagged[0].source
+    from papermill.translators import PythonTranslator
+
+    names = {p.name for p in PythonTranslator.inspect(tagged[0])}  # papermill must parse every line
+    assert {"functions", "dim", "steps", "nproc", "lr", "seeds", "threshold", "ema_decay", "scale"} <= names
+    assert len(names) == len([line for line in tagged[0].source.splitlines() if " = None" in line])
     monkeypatch.setenv("PASO_ARTIFACTS", str(tmp_path))
     monkeypatch.setenv("PASO_SCALE", "default")  # the explicit parameter must win over the env
     out = tmp_path / "out.ipynb"

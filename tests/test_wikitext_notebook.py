@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -260,7 +259,8 @@ def test_paper_comparison_is_generated_from_table(fake_results: dict[str, list[R
     params = wt.resolve_params({"P": 4}, "default")
     text = wt.paper_comparison(wt.table2(fake_results, cpu_count=2), params, cpu_count=2)
     assert "T/K = 2.00x" in text and "6.25x" in text and "not comparable" in text
-    assert "2 shared CPU core" in text
+    assert "2 shared CPU core" in text and "Caution" not in text
+    assert "Caution" in wt.paper_comparison(wt.table2(fake_results), params, cpu_count=2, load=7.5)
 
 
 def test_describe_data_flags_the_stand_in_and_mixed_runs(fake_results: dict[str, list[RunResult]]) -> None:
@@ -316,3 +316,19 @@ def test_notebook_runs_at_smoke_scale(tmp_path: Path, monkeypatch: pytest.Monkey
     assert config["config"]["params"]["scale"] == "smoke"
     assert (artifacts / "figures" / f"{wt.artifact_name(params, 'val_ppl_curves')}.png").is_file()
     assert (artifacts / "runs").is_dir()  # the runs went to the temporary artifacts too
+
+
+def test_notebook_refuses_missing_wikitext(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asking for WikiText-2 without its files stops in the preparation cell with the loader's
+    message, before any run starts, and nothing is silently trained on the offline corpus."""
+    papermill = pytest.importorskip("papermill")
+    artifacts = tmp_path / "artifacts"
+    monkeypatch.setenv("PASO_ARTIFACTS", str(artifacts))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    empty = tmp_path / "no_wikitext_here"
+    empty.mkdir()
+    with pytest.raises(papermill.PapermillExecutionError, match="WikiText-2 not found"):
+        papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"), cwd=str(REPO), kernel_name="python3",
+                                   parameters={"scale": "smoke", "dataset": "wikitext2", "data_root": str(empty)},
+                                   progress_bar=False)
+    assert not (artifacts / "runs").exists()

@@ -21,9 +21,9 @@ Flow:
    from the numbers.
 
 Perplexity is always ``exp(total NLL / total predicted tokens)``. The seed's reference
-averages per-batch ``exp(loss)`` instead (biased upwards by Jensen's inequality and
-dependent on the batching); that variant only appears in the labelled comparison of the
-independent check.
+averages per-batch ``exp(loss)`` instead (it weights batches rather than tokens, exceeds
+``exp`` of the mean batch loss by Jensen's inequality, and changes with the batching);
+that variant only appears in the labelled comparison of the independent check.
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ from ..runs import RunResult
 METHODS = ("serial", "paso", "naive_dp", "ddp")
 METHOD_LABELS = {"serial": "serial (Adam)", "paso": "PASO", "naive_dp": "naive DP", "ddp": "PyTorch DDP"}
 METHOD_COLORS = {"serial": "black", "paso": "tab:red", "naive_dp": "tab:blue", "ddp": "tab:green"}
+# Serial and both data-parallel methods follow the same trajectory (up to rounding), so their
+# iteration curves coincide: distinct widths and dashes keep every one of them visible.
+METHOD_STYLES = {"serial": ("-", 3.5), "paso": ("-", 1.8), "naive_dp": ("--", 1.8), "ddp": (":", 2.2)}
 ARTIFACT_STEM = "wikitext_paso"
 
 #: Every notebook parameter; ``None`` in the notebook means "take it from the scale preset".
@@ -262,9 +265,10 @@ def run_all(params: Mapping[str, Any], methods: Sequence[str] = METHODS, *,
     results: dict[str, list[RunResult]] = {m: [] for m in methods}
     started = time.perf_counter()
     for i, cfg in enumerate(configs, 1):
-        tic = time.perf_counter()
+        tic, load_before = time.perf_counter(), _load_1min()
         result = runner(cfg)
         result.summary["launch_time_s"] = time.perf_counter() - tic
+        result.summary["load_average_1min"] = [load_before, _load_1min()]
         s = result.summary
         log(f"[{i}/{len(configs)}] {cfg.method} seed={cfg.seed} workers={cfg.world_size}: "
             f"{s.get('status')} in {s['launch_time_s']:.1f} s (worker wall {_num(s, 'wall_time_s'):.1f} s, "
@@ -273,6 +277,21 @@ def run_all(params: Mapping[str, Any], methods: Sequence[str] = METHODS, *,
         results[cfg.method].append(result)
     log(f"all {len(configs)} runs finished in {time.perf_counter() - started:.0f} s")
     return results
+
+
+def _load_1min() -> float:
+    """The 1-minute load average (NaN where the OS has none): timings mean little on a busy machine."""
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return float("nan")
+
+
+def peak_load(results: Mapping[str, Sequence[RunResult]]) -> float:
+    """The highest 1-minute load average seen around any run (recorded by :func:`run_all`)."""
+    loads = [v for runs in results.values() for r in runs for v in (r.summary.get("load_average_1min") or [])]
+    finite = [float(v) for v in loads if isinstance(v, (int, float)) and math.isfinite(v)]
+    return max(finite) if finite else float("nan")
 
 
 # =========================================================================== timing
@@ -515,7 +534,8 @@ def plot_curve(curves: pd.DataFrame, x: str = "iteration", ax: Any = None, title
         part = curves[curves["method"] == method]
         for i, (seed, run) in enumerate(part.groupby("seed", sort=True)):
             run = run.sort_values(x)
-            ax.plot(run[x], run["val_ppl"], marker="o", ms=3, lw=1.5, color=METHOD_COLORS.get(method),
+            style, width = METHOD_STYLES.get(method, ("-", 1.5))
+            ax.plot(run[x], run["val_ppl"], marker="o", ms=3, ls=style, lw=width, color=METHOD_COLORS.get(method),
                     alpha=1.0 if part["seed"].nunique() == 1 else 0.7,
                     label=METHOD_LABELS.get(method, method) if i == 0 else None)
     ax.set_xlabel(X_AXES[x])
@@ -699,11 +719,13 @@ def _row(table: pd.DataFrame, method: str, source: str) -> pd.Series | None:
 
 
 def paper_comparison(table: pd.DataFrame, params: Mapping[str, Any], cpu_count: int | None = None,
-                     device: str = "cpu") -> str:
+                     device: str = "cpu", load: float | None = None) -> str:
     """Markdown comparing our rows with the paper's, every number taken from ``table``.
 
     Why generated: typed-in results go stale the moment someone reruns the notebook with
     other parameters or on other hardware; this text follows the numbers it sits next to.
+    ``load`` is the peak 1-minute load average around the runs (:func:`peak_load`); above
+    the core count, other processes competed for the cores and the text says so.
     """
     cpu_count = cpu_count or os.cpu_count() or 1
     ours = {m: _row(table, m, MEASURED) for m in METHODS}
@@ -750,8 +772,13 @@ def paper_comparison(table: pd.DataFrame, params: Mapping[str, Any], cpu_count: 
                if on_cpu else
                "Wall-time speed-ups depend on the accelerators and interconnect; compare with the paper only on "
                "similar hardware (8 GPUs with NVLink).")
+        busy = ""
+        if load is not None and math.isfinite(load) and load > cpu_count:
+            busy = (f" **Caution:** the 1-minute load average reached {load:.1f} on {cpu_count} core(s) during "
+                    "the runs, so other processes competed for the cores and these wall times (and their "
+                    "ratios) are distorted; rerun on an idle machine to time the methods.")
         lines.append(f"- **Wall time (not comparable).** Training time serial {s['wall time (s)']:.1f} s; speed-ups: "
-                     + "; ".join(wall_parts) + f". {why}")
+                     + "; ".join(wall_parts) + f". {why}{busy}")
     if not lines:
         lines.append("- Too few methods ran to compare with the paper.")
     return "\n".join(lines)

@@ -74,3 +74,26 @@ def final_report(ctx: WorkerContext, task: Task, model: nn.Module, steps: int, i
 def should_eval(ctx: WorkerContext, done: int, previous: int) -> bool:
     every = ctx.cfg.eval_every
     return bool(every) and done // every > previous // every
+
+
+def resume_torch_training(ctx: WorkerContext, model: nn.Module, optimizer: torch.optim.Optimizer
+                          ) -> tuple[int, float]:
+    """Restore model and optimizer from rank 0's checkpoint (ranks share one state) and open
+    the metrics file; returns ``(first step to run, last loss)``."""
+    checkpoint = ctx.load_checkpoint(rank=0)
+    start, loss = 0, float("nan")
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start, loss = checkpoint["step"], checkpoint["loss"]
+        ctx.log.info("resumed at step %d", start)
+    ctx.open_metrics(keep_rows=checkpoint["metrics_rows"] if checkpoint and ctx.is_main else None)
+    return start, loss
+
+
+def checkpoint_torch_training(ctx: WorkerContext, model: nn.Module, optimizer: torch.optim.Optimizer,
+                              done: int, previous: int, loss: float) -> None:
+    """Rank 0 writes model + optimizer when a checkpoint is due (all ranks hold the same)."""
+    if ctx.is_main and ctx.due_for_checkpoint(done, previous):
+        ctx.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "step": done, "loss": loss})

@@ -16,7 +16,7 @@ from torch import nn
 from ..context import WorkerContext
 from ..optim.updates import OptimSpec, lr_at, make_torch_optimizer, set_lr
 from ..tasks.base import Task
-from .common import final_report, should_eval
+from .common import checkpoint_torch_training, final_report, resume_torch_training, should_eval
 
 # (model) -> (module used for forward, gradient synchroniser called after backward)
 Wrapper = Callable[[WorkerContext, nn.Module], tuple[nn.Module, Callable[[], None]]]
@@ -28,13 +28,7 @@ def train_data_parallel(ctx: WorkerContext, task: Task, wrap: Wrapper, name: str
     model = task.build_model()
     forward_model, sync_gradients = wrap(ctx, model)
     optimizer = make_torch_optimizer(spec, model.parameters())
-    start, loss = 0, float("nan")
-    checkpoint = ctx.load_checkpoint()
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        start, loss = checkpoint["step"], checkpoint["loss"]
-    ctx.open_metrics(keep_rows=checkpoint["metrics_rows"] if checkpoint and ctx.is_main else None)
+    start, loss = resume_torch_training(ctx, model, optimizer)
     for step in range(start, cfg.steps):
         tic = time.perf_counter()
         comm_before = ctx.comm.seconds
@@ -60,9 +54,7 @@ def train_data_parallel(ctx: WorkerContext, task: Task, wrap: Wrapper, name: str
         if should_eval(ctx, done, step):
             metrics = task.evaluate(model) if ctx.is_main else {}
             ctx.log_row({"step": done, **{f"eval_{k}": v for k, v in metrics.items()}})
-        if ctx.due_for_checkpoint(done, step) and ctx.is_main:
-            ctx.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "step": done, "loss": loss})
+        checkpoint_torch_training(ctx, model, optimizer, done, step, loss)
         ctx.maybe_stop(done)
     summary = final_report(ctx, task, model, cfg.steps, cfg.steps, cfg.steps, loss)
     summary["gradient_sync"] = name

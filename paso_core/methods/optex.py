@@ -42,11 +42,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Collection
 
 import torch
-import torch.distributed as dist
 
 from ..config import RunConfig
 from ..context import WorkerContext
-from ..distributed import Comm
 from ..optim.kernel_gradient import GradientHistory, KernelGradientEstimator, cosine_distance
 from ..optim.updates import OptimSpec, clip_flat_, functional_step, init_state
 from ..tasks.base import Task
@@ -276,20 +274,6 @@ def simulate(spec: OptimSpec, x0: torch.Tensor, grad_fn: GradientFn, steps: int,
 
 
 # ==================================================================== distributed part
-def _all_gather_rows(comm: Comm, tensor: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """All-gather one flat tensor per rank into the rows of ``out`` (world, d), counting bytes.
-
-    Byte model as in :class:`Comm`: an all-gather sends ``(w-1)`` times this rank's part.
-    """
-    if comm.world == 1:
-        out[0].copy_(tensor)
-        return out
-    with comm._timed():  # noqa: SLF001 - Comm's own timer, so all methods are timed alike
-        dist.all_gather(list(out.unbind(0)), tensor.contiguous())
-    comm.bytes_sent += tensor.numel() * tensor.element_size() * (comm.world - 1)
-    return out
-
-
 class OptexWorker:
     """One rank of OptEx: a replica of :class:`OptexCore` plus its own true gradients."""
 
@@ -338,7 +322,7 @@ class OptexWorker:
             loss, t_grad = self.true_gradient(roll.points[k], t + k)
         elif not active:
             self.grad.zero_()
-        _all_gather_rows(ctx.comm, self.grad, self.grads)
+        ctx.comm.all_gather_into_rows(self.grad, self.grads)
 
         own = {k: roll.estimates[k]} if active and k < n - 1 else {}
         cos, rel = proxy_errors(own, self.grads)
@@ -381,7 +365,9 @@ class OptexWorker:
 def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
     worker = OptexWorker(ctx, task)
     core, T = worker.core, ctx.cfg.steps
-    checkpoint = ctx.load_checkpoint()
+    # Every rank holds the same replica, so rank 0 alone checkpoints and every rank resumes from
+    # that one file: replicas cannot come back from checkpoints of different iterations.
+    checkpoint = ctx.load_checkpoint(rank=0)
     if checkpoint is not None:
         core.load_state_dict(checkpoint["core"])
         ctx.log.info("resumed at step %d (iteration %d)", core.book.steps_done, core.book.iterations)
@@ -397,14 +383,13 @@ def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
             totals[key] += row[key]
         if math.isfinite(row["grad_est_cosine"]):
             cosines.append(row["grad_est_cosine"])
-        if should_eval(ctx, core.book.steps_done, before):
-            model = worker.final_model()
-            row.update({f"eval_{k}": v for k, v in task.evaluate(model).items()})
+        if should_eval(ctx, core.book.steps_done, before) and ctx.is_main:  # replicas agree: rank 0 suffices
+            row.update({f"eval_{k}": v for k, v in task.evaluate(worker.final_model()).items()})
         ctx.log_row(row)
         if row["iteration"] % ctx.cfg.log_every == 0 or core.book.steps_done >= T:
             ctx.progress(core.book.steps_done, T, iters=row["iteration"], loss=row["train_loss"],
                          cos=row["grad_est_cosine"])
-        if ctx.due_for_checkpoint(core.book.iterations, core.book.iterations - 1):
+        if ctx.is_main and ctx.due_for_checkpoint(core.book.iterations, core.book.iterations - 1):
             ctx.save_checkpoint({"core": core.state_dict()})
         ctx.maybe_stop(core.book.iterations)
     book = core.book

@@ -14,7 +14,8 @@ import torch
 from ..context import WorkerContext
 from ..optim.updates import OptimSpec, lr_at, make_torch_optimizer, set_lr
 from ..tasks.base import Task
-from .common import final_report, loss_and_grad, should_eval
+from .common import (checkpoint_torch_training, final_report, loss_and_grad, resume_torch_training,
+                     should_eval)
 
 
 def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
@@ -24,23 +25,14 @@ def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
     spec = OptimSpec.from_config(cfg)
     model = task.build_model()
     optimizer = make_torch_optimizer(spec, model.parameters())
-    start, loss = 0, float("nan")
-    checkpoint = ctx.load_checkpoint()
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        start, loss = checkpoint["step"], checkpoint["loss"]
-        ctx.log.info("resumed at step %d", start)
-    ctx.open_metrics(keep_rows=checkpoint["metrics_rows"] if checkpoint else None)
+    start, loss = resume_torch_training(ctx, model, optimizer)
     if ctx.is_main:
         for step in range(start, cfg.steps):
             loss = _one_step(ctx, task, model, optimizer, spec, step)
             done = step + 1
             if should_eval(ctx, done, step):
                 ctx.log_row({"step": done, **{f"eval_{k}": v for k, v in task.evaluate(model).items()}})
-            if ctx.due_for_checkpoint(done, step):
-                ctx.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "step": done, "loss": loss})
+            checkpoint_torch_training(ctx, model, optimizer, done, step, loss)
             ctx.maybe_stop(done)
     ctx.comm.barrier()
     return final_report(ctx, task, model, cfg.steps, cfg.steps, cfg.steps, loss)

@@ -1,0 +1,428 @@
+"""The CIFAR-10 PASO study (``notebooks/cifar_paso.ipynb`` + ``paso_core.experiments.cifar``).
+
+Unit tests cover what a reader must be able to trust without rerunning: which preset fills
+which parameter and when explicit values win, that bad input stops in the validation step,
+that a missing CIFAR-10 is replaced by digits *loudly* and never silently, and that the table
+and trade-off numbers are computed correctly (on fake runs with known answers). Integration
+tests check that serial, naive DP and DDP follow the same trajectory, and execute the
+notebook at smoke scale with all artifacts under a temporary directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pickle
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import paso_core
+from paso_core.config import ConfigError, RunConfig
+from paso_core.experiments import cifar
+from paso_core.runs import RunResult
+
+matplotlib.use("Agg")
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "cifar_paso.ipynb"
+BUILDER = ROOT / "notebooks" / "build_cifar_paso.py"
+
+
+# =========================================================================== helpers
+def write_cifar_layout(root: Path, per_file: int = 10, skip: tuple[str, ...] = ()) -> Path:
+    """A tiny CIFAR-10 copy in torchvision's layout (pickled dicts with data/labels)."""
+    directory = root / "cifar-10-batches-py"
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        if name in skip:
+            continue
+        batch = {"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
+                 "labels": [int(v) for v in rng.integers(0, 10, per_file)]}
+        with (directory / name).open("wb") as fh:
+            pickle.dump(batch, fh, protocol=2)
+    with (directory / "batches.meta").open("wb") as fh:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, fh, protocol=2)
+    return directory
+
+
+def fake_metrics(rows: int, dt: float, t0: float = 3.0, duration_col: str = "time_grad_s",
+                 eval_at: tuple[int, ...] = ()) -> pd.DataFrame:
+    """Training rows whose training time is exactly ``rows * dt`` (first step starts at t0)."""
+    data = [{"wall_time_s": t0 + dt * (i + 1), "iteration": i + 1, "train_loss": 2.0 / (i + 1),
+             duration_col: dt} for i in range(rows)]
+    for k in eval_at:  # serial-style evaluation rows: keyed by step, no iteration
+        data.append({"wall_time_s": t0 + dt * k + 1e-3, "step": k, "eval_test_accuracy": k / rows})
+    return pd.DataFrame(data).sort_values("wall_time_s").reset_index(drop=True)
+
+
+def fake_run(method: str, seed: int, *, iterations: int, dt: float, accuracy: float,
+             threshold: float = 1e-5, ema_decay: float = 0.999, status: str = "completed",
+             rss: float = 100.0, steps: int = 100, world: int = 1) -> RunResult:
+    duration = {"serial": "time_grad_s", "paso": "iteration_time_s"}.get(method, "time_step_s")
+    metrics = fake_metrics(iterations, dt, duration_col=duration)
+    if method == "paso":
+        metrics["accepted"] = steps / iterations
+        metrics["threshold"] = threshold
+        metrics["err_mean"] = 0.1
+    summary = {"status": status, "steps": steps, "iterations": iterations,
+               "grad_evals": steps * (2 if method == "paso" else 1), "speedup": steps / iterations,
+               "overhead": 2.0 if method == "paso" else 1.0, "final_test_accuracy": accuracy,
+               "final_test_f1": accuracy - 0.01, "items_consumed": steps * 32, "wall_time_s": 99.0,
+               "peak_rss_mb_max": rss, "bytes_sent_per_rank": [2**20] * world, "world_size": world,
+               "final_threshold": threshold}
+    config = {"method": method, "seed": seed, "threshold": threshold, "ema_decay": ema_decay, "P": 4,
+              "nproc": world}
+    return RunResult(path=Path(f"/nonexistent/{method}-{seed}-{threshold}-{ema_decay}"), summary=summary,
+                     metrics=metrics, config=config)
+
+
+# =========================================================================== presets
+def test_presets_define_every_parameter() -> None:
+    for name, preset in cifar.PRESETS.items():
+        assert set(preset) == set(cifar.PARAMETERS), name
+
+
+def test_paper_preset_is_the_seeds_configuration() -> None:
+    paper = cifar.PRESETS["paper"]
+    expected = {"dataset": "cifar10", "model": "cnn", "steps": 60_000, "batch_size": 128, "lr": 1e-3,
+                "optimizer": "adam", "P": 7, "threshold": 1e-5, "ema_decay": 0.999, "nproc": 8}
+    assert {k: paper[k] for k in expected} == expected
+
+
+def test_default_and_smoke_run_offline_on_digits() -> None:
+    for scale in ("smoke", "default"):
+        assert cifar.PRESETS[scale]["dataset"] == "digits"
+        assert cifar.PRESETS[scale]["download"] is False
+
+
+def test_resolve_fills_none_from_preset_and_explicit_values_win() -> None:
+    params = cifar.resolve_params({"P": 7, "steps": None}, scale="smoke")
+    assert params["P"] == 7
+    assert params["steps"] == cifar.PRESETS["smoke"]["steps"]
+    assert params["scale"] == "smoke"
+    assert params["seeds"] == cifar.PRESETS["smoke"]["seeds"]
+
+
+def test_scale_from_environment_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PASO_SCALE", "smoke")
+    assert cifar.resolve_params({})["scale"] == "smoke"
+    assert cifar.resolve_params({}, scale="default")["scale"] == "default"  # explicit beats env
+    monkeypatch.delenv("PASO_SCALE")
+    assert cifar.resolve_params({})["scale"] == "default"
+
+
+def test_unknown_scale_or_parameter_is_an_error() -> None:
+    with pytest.raises(ValueError, match="scale='huge'"):
+        cifar.resolve_params({}, scale="huge")
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        cifar.resolve_params({"PP": 3}, scale="smoke")
+
+
+@pytest.mark.parametrize("given, expected", [(3, [3]), ("0,1,2", [0, 1, 2]), ([4, 5], [4, 5]), ("[1, 2]", [1, 2])])
+def test_seeds_accept_papermill_forms(given: Any, expected: list[int]) -> None:
+    assert cifar.resolve_params({"seeds": given}, scale="smoke")["seeds"] == expected
+
+
+@pytest.mark.parametrize("bad", ["a", [0.5], [1, 1], []])
+def test_bad_seeds_are_rejected(bad: Any) -> None:
+    with pytest.raises(ConfigError, match="seed"):
+        cifar.resolve_params({"seeds": bad}, scale="smoke")
+
+
+def test_sweep_lists_accept_strings() -> None:
+    params = cifar.resolve_params({"sweep_thresholds": "0,1e-3", "sweep_ema_decays": 1.0}, scale="smoke")
+    assert params["sweep_thresholds"] == [0.0, 1e-3]
+    assert params["sweep_ema_decays"] == [1.0]
+
+
+# =========================================================================== bad input
+@pytest.mark.parametrize("values, match", [
+    ({"P": 0}, "P=0"),
+    ({"P": "7"}, "P='7'"),
+    ({"P": 2.5}, "P=2.5"),
+    ({"model": "alexnet"}, "model='alexnet'"),
+    ({"dataset": "imagenet"}, "dataset='imagenet'"),
+    ({"batch_size": 33}, "not divisible"),
+    ({"nproc": 0}, "nproc=0"),
+    ({"optimizer": "lion"}, "optimizer='lion'"),
+    ({"threshold": -1.0}, "threshold=-1.0"),
+    ({"P": 32}, "larger than steps"),
+    ({"threads_per_worker": 0}, "threads_per_worker=0"),
+])
+def test_bad_input_fails_in_the_validation_step(values: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        cifar.prepare(values, scale="smoke")
+
+
+def test_bad_input_is_reported_before_a_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_download(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("validation must come before any download")
+
+    monkeypatch.setattr("paso_core.tasks.vision_data._download_cifar10", no_download)
+    with pytest.raises(ConfigError, match="P=0"):
+        cifar.prepare({"P": 0}, scale="paper")
+
+
+# =========================================================================== planning
+def test_plan_smoke_runs_every_method_and_the_sweep() -> None:
+    plan = cifar.prepare({}, scale="smoke")
+    configs = plan.configs
+    assert all(isinstance(c, RunConfig) for c in configs)
+    methods = [c.method for c in configs]
+    assert methods[:4] == ["serial", "paso", "naive_dp", "ddp"]
+    assert {c.nproc for c in configs if c.method in ("naive_dp", "ddp")} == {2}
+    assert all(c.nproc == c.P for c in configs if c.method == "paso")
+    sweep = [(c.threshold, c.ema_decay) for c in configs if c.method == "paso"]
+    assert sweep == [(1e-5, 0.999), (1e-1, 0.999)]  # the main point is not run twice
+    assert len({cifar.describe_config(c) for c in configs}) == len(configs)
+    assert all(c.threads_per_worker == 1 for c in configs)
+
+
+def test_plan_with_P7_gives_seven_paso_workers() -> None:
+    plan = cifar.prepare({"P": 7}, scale="default")
+    assert {c.world_size for c in plan.configs if c.method == "paso"} == {7}
+    assert {c.world_size for c in plan.configs if c.method == "ddp"} == {cifar.PRESETS["default"]["nproc"]}
+
+
+def test_sweep_is_a_cross_over_the_first_seeds() -> None:
+    params = cifar.resolve_params({"seeds": [0, 1], "sweep_thresholds": [0.0, 1e-2], "sweep_ema_decays": [1.0],
+                                   "sweep_n_seeds": 1}, scale="smoke")
+    assert cifar.sweep_points(params) == [(1e-5, 0.999), (0.0, 0.999), (1e-2, 0.999), (1e-5, 1.0)]
+    configs = cifar.plan_runs(params)
+    assert len(configs) == 2 * 4 + 3
+    assert {c.seed for c in configs if c.method == "paso" and c.threshold != 1e-5} == {0}
+    params["sweep_n_seeds"] = 0
+    assert len(cifar.plan_runs(params)) == 2 * 4
+
+
+# =========================================================================== dataset
+def test_digits_is_said_to_be_digits() -> None:
+    choice = cifar.resolve_dataset({"dataset": "digits", "data_root": None, "download": False})
+    assert (choice.dataset, choice.fallback) == ("digits", False)
+    assert "NOT CIFAR-10" in choice.message
+
+
+def test_missing_cifar_falls_back_to_digits_loudly(tmp_path: Path) -> None:
+    plan = cifar.prepare({"dataset": "cifar10", "data_root": str(tmp_path)}, scale="smoke")
+    assert plan.dataset.fallback and plan.dataset.dataset == "digits"
+    assert "CIFAR-10 IS NOT USED" in plan.dataset.message and "DIGITS" in plan.dataset.message
+    assert str(tmp_path) in plan.dataset.message
+    assert {c.dataset for c in plan.configs} == {"digits"}
+    assert plan.params["requested_dataset"] == "cifar10" and plan.params["dataset_fallback"] is True
+    assert cifar.artifact_name(plan.params, "results").startswith("cifar_paso_smoke_digits_")
+
+
+def test_incomplete_cifar_falls_back_and_names_the_missing_files(tmp_path: Path) -> None:
+    write_cifar_layout(tmp_path, skip=("test_batch",))
+    choice = cifar.resolve_dataset({"dataset": "cifar10", "data_root": str(tmp_path), "download": False})
+    assert choice.fallback and "test_batch" in choice.message
+
+
+def test_failed_download_falls_back_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(root: Any) -> None:
+        raise RuntimeError("downloading CIFAR-10 failed (URLError: no network)")
+
+    monkeypatch.setattr("paso_core.tasks.vision_data._download_cifar10", offline)
+    choice = cifar.resolve_dataset({"dataset": "cifar10", "data_root": str(tmp_path), "download": True})
+    assert choice.fallback and choice.dataset == "digits"
+    assert "downloading it failed" in choice.message and "no network" in choice.message
+
+
+def test_cifar_in_torchvision_layout_is_used(tmp_path: Path) -> None:
+    write_cifar_layout(tmp_path)
+    plan = cifar.prepare({"dataset": "cifar10", "data_root": str(tmp_path)}, scale="smoke")
+    assert not plan.dataset.fallback
+    assert {c.dataset for c in plan.configs} == {"cifar10"}
+    assert {c.data_root for c in plan.configs} == {str(tmp_path)}
+    assert "cifar-10-batches-py" in plan.dataset.message
+
+
+def test_default_data_root_honours_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PASO_DATA", str(tmp_path))
+    assert cifar.default_data_root() == tmp_path
+    write_cifar_layout(tmp_path)
+    choice = cifar.resolve_dataset({"dataset": "cifar10", "data_root": None, "download": False})
+    assert choice.dataset == "cifar10" and choice.data_root == str(tmp_path)
+
+
+# =========================================================================== tables
+@pytest.fixture
+def fake_results() -> list[RunResult]:
+    runs = []
+    for seed, (acc_s, acc_p) in enumerate([(0.9, 0.88), (0.8, 0.82)]):
+        runs.append(fake_run("serial", seed, iterations=100, dt=0.1, accuracy=acc_s, rss=100))
+        runs.append(fake_run("paso", seed, iterations=40, dt=0.5, accuracy=acc_p, rss=150, world=4))
+        runs.append(fake_run("ddp", seed, iterations=100, dt=0.04, accuracy=acc_s, rss=120, world=2))
+    runs.append(fake_run("paso", 0, iterations=20, dt=0.5, accuracy=0.7, threshold=0.1, world=4))
+    runs.append(fake_run("paso", 0, iterations=25, dt=0.5, accuracy=float("nan"), threshold=1.0,
+                         status="nonfinite", world=4))
+    return runs
+
+
+PARAMS = {"threshold": 1e-5, "ema_decay": 0.999, "seeds": [0, 1], "sweep_n_seeds": 1, "P": 4}
+
+
+def test_training_time_excludes_setup() -> None:
+    run = fake_run("serial", 0, iterations=100, dt=0.1, accuracy=0.9)
+    assert cifar.training_time(run) == pytest.approx(10.0)
+
+
+def test_grouping_separates_main_runs_from_the_sweep(fake_results: list[RunResult]) -> None:
+    groups = cifar.main_results(fake_results, PARAMS)
+    assert set(groups) == {"serial", "paso", "ddp"}
+    assert [r.config["threshold"] for r in groups["paso"]] == [1e-5, 1e-5]
+    sweep = cifar.sweep_results(fake_results, PARAMS)
+    assert sorted(r.config["threshold"] for r in sweep) == [1e-5, 0.1, 1.0]
+
+
+def test_results_table_columns_and_numbers(fake_results: list[RunResult]) -> None:
+    table = cifar.results_table(cifar.main_results(fake_results, PARAMS)).set_index("method")
+    for column in ("test_accuracy", "test_f1_macro", "sequential_iterations", "grad_evals", "images_consumed",
+                   "train_time_s_mean", "speedup_iterations", "speedup_wall", "peak_rss_mb_per_worker"):
+        assert column in table.columns
+    serial, paso, ddp = table.loc["serial"], table.loc["PASO"], table.loc["DDP"]
+    assert serial["test_accuracy_mean"] == pytest.approx(0.85)
+    assert serial["test_accuracy_std"] == pytest.approx(0.05)
+    assert serial["test_accuracy"] == "0.8500 ± 0.0500"
+    assert paso["speedup_iterations"] == pytest.approx(2.5)          # 100 / 40
+    assert paso["speedup_wall"] == pytest.approx(10.0 / 20.0)        # serial 10 s, PASO 20 s of training
+    assert ddp["speedup_wall"] == pytest.approx(10.0 / 4.0)
+    assert paso["grad_evals"] == 200 and paso["images_consumed"] == 3200
+    assert paso["peak_rss_mb_per_worker"] == 150 and paso["workers"] == 4
+    assert paso["sent_mb_per_worker_max"] == pytest.approx(1.0)
+    assert serial["speedup_iterations"] == 1.0 and serial["seeds"] == 2
+
+
+def test_results_table_without_serial_leaves_speedups_empty(fake_results: list[RunResult]) -> None:
+    table = cifar.results_table([r for r in fake_results if r.config["method"] == "ddp"])
+    assert np.isnan(table.loc[0, "speedup_wall"]) and np.isnan(table.loc[0, "speedup_iterations"])
+
+
+def test_tradeoff_table(fake_results: list[RunResult]) -> None:
+    sweep = cifar.sweep_results(fake_results, PARAMS)
+    serial = [r for r in fake_results if r.config["method"] == "serial" and r.config["seed"] == 0]
+    trade = cifar.tradeoff_table(sweep, serial).set_index("threshold")
+    assert list(trade.index) == [1e-5, 0.1, 1.0]
+    assert trade.loc[0.1, "speedup_T_over_K_mean"] == pytest.approx(5.0)
+    assert trade.loc[1e-5, "accuracy_change_vs_serial"] == pytest.approx(0.88 - 0.9)
+    assert trade.loc[1.0, "failed"] == 1 and np.isnan(trade.loc[1.0, "test_accuracy_mean"])
+    with pytest.raises(ValueError, match="PASO runs only"):
+        cifar.tradeoff_table(serial)
+
+
+def test_eval_rows_get_sequential_iterations() -> None:
+    run = fake_run("serial", 0, iterations=10, dt=0.1, accuracy=0.9)
+    run.metrics = fake_metrics(10, 0.1, eval_at=(5, 10))
+    aligned = cifar.aligned_metrics(run)
+    evals = aligned.dropna(subset=["eval_test_accuracy"])
+    assert list(evals["iteration"]) == [5, 10]
+    assert aligned["train_time_s"].min() == pytest.approx(0.1)
+
+
+def test_curves_and_figures_from_fake_runs(fake_results: list[RunResult]) -> None:
+    import matplotlib.pyplot as plt
+
+    for r in fake_results:
+        r.metrics = pd.concat([r.metrics, pd.DataFrame({"wall_time_s": [50.0], "step": [50], "iteration": [50],
+                                                         "eval_test_accuracy": [0.5]})], ignore_index=True)
+    groups = cifar.main_results(fake_results, PARAMS)
+    data = cifar.curves(groups)
+    assert set(data) == set(cifar.CURVES)
+    assert set(data["loss_vs_iteration"]["label"]) == {"serial", "paso", "ddp"}
+    assert (data["accuracy_vs_iteration"]["iteration"] == 50).all()
+    dyn = cifar.paso_dynamics(groups["paso"])
+    assert set(dyn["seed"]) == {0, 1} and "accepted" in dyn
+    trade = cifar.tradeoff_table(cifar.sweep_results(fake_results, PARAMS))
+    for fig in (cifar.plot_curves(data, "t"), cifar.plot_paso_dynamics(dyn, "t"),
+                cifar.plot_tradeoff(trade, PARAMS, [0.9, 0.8], "t"),
+                cifar.plot_sweep_run(groups["paso"][0], groups["serial"][0])):
+        assert fig.axes
+        plt.close(fig)
+    assert cifar.sweep_explorer(cifar.sweep_results(fake_results, PARAMS), groups["serial"][0]) is not None
+
+
+def test_discussion_is_generated_from_the_numbers(fake_results: list[RunResult]) -> None:
+    groups = cifar.main_results(fake_results, PARAMS)
+    table = cifar.results_table(groups)
+    trade = cifar.tradeoff_table(cifar.sweep_results(fake_results, PARAMS), groups["serial"][:1])
+    params = {**cifar.resolve_params({}, scale="smoke"), **PARAMS}
+    fallback = cifar.DatasetChoice("cifar10", "digits", None, True, "WARNING")
+    text = cifar.discussion(table, trade, params, fallback, cpu_count=2)
+    assert "2.50x in iterations" in text                  # 100 / 40
+    assert "2.00x slower" in text                         # wall speed-up 0.5
+    assert "share 2 core(s)" in text
+    assert "fallback" in text and "60000 steps" in text   # names the dataset and what is not reproduced
+    assert "1 sweep run(s) did not finish" in text
+
+
+# =========================================================================== notebook source
+def _load_builder() -> Any:
+    spec = importlib.util.spec_from_file_location("build_cifar_paso", BUILDER)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_notebook_matches_its_builder_and_has_a_parameters_cell() -> None:
+    import nbformat
+
+    built = _load_builder().build()
+    on_disk = nbformat.read(NOTEBOOK, as_version=4)
+    assert [c.source for c in built.cells] == [c.source for c in on_disk.cells], \
+        "run python notebooks/build_cifar_paso.py"
+    tagged = [c for c in on_disk.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    names = {line.split("=")[0].strip() for line in tagged[0].source.splitlines()
+             if "=" in line and not line.startswith("#")}
+    assert names == set(cifar.PARAMETERS) | {"scale"}
+
+
+# =========================================================================== integration
+def test_serial_naive_dp_and_ddp_follow_the_same_trajectory(tmp_path: Path) -> None:
+    """Both data-parallel methods consume serial's global batch per step, so the final
+    parameters agree up to rounding (augmentation on, 2 workers)."""
+    common = dict(task="vision", dataset="digits", model="cnn", steps=10, batch_size=32, augment=True,
+                  threads_per_worker=1, progress=False, seed=3)
+    finals = {}
+    for method, nproc in (("serial", 1), ("naive_dp", 2), ("ddp", 2)):
+        result = paso_core.run(method=method, nproc=nproc, out_dir=str(tmp_path / method), **common)
+        assert result.summary["status"] == "completed"
+        finals[method] = torch.load(result.path / "final.pt")
+    for method in ("naive_dp", "ddp"):
+        assert finals[method].keys() == finals["serial"].keys()
+        diff = max(float((finals[method][k] - finals["serial"][k]).abs().max()) for k in finals["serial"])
+        assert diff <= 1e-5, f"{method} drifted from serial by {diff}"
+    moved = max(float((finals["serial"][k]).abs().max()) for k in finals["serial"])
+    assert moved > 0
+
+
+def test_notebook_runs_at_smoke_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole notebook at smoke scale; every artifact lands under tmp_path, not in artifacts/."""
+    import papermill
+
+    monkeypatch.setenv("PASO_ARTIFACTS", str(tmp_path))
+    monkeypatch.delenv("PASO_SCALE", raising=False)
+    out = tmp_path / "cifar_paso.out.ipynb"
+    papermill.execute_notebook(str(NOTEBOOK), str(out), parameters={"scale": "smoke"}, cwd=str(NOTEBOOK.parent),
+                               progress_bar=False, kernel_name="python3")
+    stem = "cifar_paso_smoke_digits_cnn_P4"
+    for name in ("results", "tradeoff"):
+        for ext in ("csv", "md", "json"):
+            assert (tmp_path / "tables" / f"{stem}_{name}.{ext}").is_file()
+    for name in ("curves", "paso_dynamics", "tradeoff"):
+        for ext in ("png", "json"):
+            assert (tmp_path / "figures" / f"{stem}_{name}.{ext}").is_file()
+    table = pd.read_csv(tmp_path / "tables" / f"{stem}_results.csv")
+    assert list(table["method"]) == ["serial", "PASO", "naive DP", "DDP"]
+    assert table["test_accuracy_mean"].notna().all()
+    # every data-parallel method took serial's iterations, PASO at most as many
+    assert (table["sequential_iterations"] <= table.loc[0, "sequential_iterations"]).all()
+    text = out.read_text()
+    assert "What this does not reproduce" in text
