@@ -46,8 +46,9 @@ PASO_SCALE=smoke pytest --nbmake notebooks/wikitext_paso.ipynb         # CI
 ```
 
 **Metrics.** Perplexity is `exp(total NLL / total predicted tokens)` over a whole split. The
-seed's code averages per-batch `exp(loss)` instead, which is biased upwards and depends on the
-batching; it appears only once, labelled, in the independent check. Wall time is *training*
+seed's code averages per-batch `exp(loss)` instead, which is not the corpus perplexity (it
+weights batches, not tokens, and by Jensen's inequality exceeds `exp` of the mean batch loss) and
+changes with the batching; it appears only once, labelled, in the independent check. Wall time is *training*
 time measured inside the workers (setup, periodic evaluations and the torchrun start-up are
 excluded; the whole-worker time is in the saved table as `worker wall time (s)`).
 
@@ -121,8 +122,9 @@ RUN = """\
 runs_started = time.perf_counter()
 results = wt.run_all(params)
 runs_seconds = time.perf_counter() - runs_started
-print(f"{sum(len(v) for v in results.values())} runs in {runs_seconds:.0f} s "
-      f"(includes ~10 s torchrun start-up per run); load average now {report.environment().get('load_average_1_5_15_min')}")
+print(f"{sum(len(v) for v in results.values())} runs in {runs_seconds:.0f} s (includes ~10 s torchrun start-up "
+      f"per run); other runnable processes before the runs: "
+      f"{[round(r.summary['other_runnable_before'], 1) for runs in results.values() for r in runs]}")
 """
 
 DATA_MD = """\
@@ -153,9 +155,10 @@ config = wt.artifact_config(plan, results)
 csv_path, md_path = report.save_table(
     table, wt.artifact_name(params, "table2"), config,
     title="PASO Table 2 layout: measured (this artifact) vs reported (PASO paper)",
-    notes=("PPL = exp(total NLL / total predicted tokens) on the test split. Measured on "
-           f"{task_info.get('dataset')} with model {task_info.get('model')}; reported rows: "
-           f"{wt.REPORTED_SETTING}. Wall time = training time inside the workers."))
+    notes=("Measured rows: PPL = exp(total NLL / total predicted tokens) on the test split, on "
+           f"{task_info.get('dataset')} with model {task_info.get('model')}; wall time = training time inside "
+           "the workers (setup and periodic evaluations excluded). Reported rows: the numbers the PASO paper "
+           f"states for {wt.REPORTED_SETTING}; empty = not stated; speed-ups computed from the stated numbers."))
 print("saved", csv_path, "and", md_path)
 """
 
@@ -192,7 +195,7 @@ CHECK_MD = """\
 The serial run's saved weights (`final.pt`) are loaded into a freshly built model and the
 validation split is re-scored *without* the task's evaluation code: documents from the corpus
 loader, the tokenizer file recorded in the summary, blocks packed here, NLL summed from
-`log_softmax`. It must match the run's own `final_val_ppl`. The seed's biased per-batch variant
+`log_softmax`. It must match the run's own `final_val_ppl`. The seed's per-batch variant
 `mean(exp(batch loss))` is shown for contrast only.
 """
 
@@ -205,7 +208,7 @@ assert check["relative_difference"] < 1e-4, f"independent perplexity differs fro
 print(f"independent validation PPL {check['ppl']:.6g} vs run's {check['reported_ppl']:.6g} "
       f"(relative difference {check['relative_difference']:.1e}) on {check['tokens']} tokens: OK")
 print(f"for contrast only, the seed's mean(exp(batch loss)) over batches of {check['seed_variant_batch_blocks']} "
-      f"blocks: {check['seed_variant_mean_exp_batch_loss']:.6g} (biased upwards; not used in the table)")
+      f"blocks: {check['seed_variant_mean_exp_batch_loss']:.6g} (depends on the batching; not used in the table)")
 """
 
 COMPARE_MD = """\
@@ -214,7 +217,7 @@ COMPARE_MD = """\
 
 COMPARE = """\
 device = results["serial"][0].summary.get("device", "cpu")
-display(Markdown(wt.paper_comparison(table, params, device=device)))
+display(Markdown(wt.paper_comparison(table, params, device=device, busy=wt.peak_busy(results))))
 print(f"notebook total: {time.perf_counter() - notebook_started:.0f} s")
 """
 

@@ -260,7 +260,31 @@ def test_paper_comparison_is_generated_from_table(fake_results: dict[str, list[R
     text = wt.paper_comparison(wt.table2(fake_results, cpu_count=2), params, cpu_count=2)
     assert "T/K = 2.00x" in text and "6.25x" in text and "not comparable" in text
     assert "2 shared CPU core" in text and "Caution" not in text
-    assert "Caution" in wt.paper_comparison(wt.table2(fake_results), params, cpu_count=2, load=7.5)
+    assert "Caution" in wt.paper_comparison(wt.table2(fake_results), params, cpu_count=2, busy=1.5)
+    assert "Caution" not in wt.paper_comparison(wt.table2(fake_results), params, cpu_count=2, busy=0.1)
+
+
+def test_other_runnable_is_a_count_or_nan() -> None:
+    value = wt.other_runnable(samples=2, interval_s=0.0)
+    assert math.isnan(value) or value >= 0
+
+
+def test_run_all_runs_every_method_and_seed_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a fake runner: validation first, then one run per (seed, method), grouped by method."""
+    monkeypatch.setattr(wt, "other_runnable", lambda: 0.25)
+    params = wt.resolve_params({"seeds": [0, 1]}, "smoke")
+    seen: list[tuple[str, int, int]] = []
+
+    def runner(cfg: Any) -> RunResult:
+        seen.append((cfg.method, cfg.seed, cfg.world_size))
+        return serial_like(cfg.seed, 4, 1.0, 10.0, method=cfg.method)
+
+    results = wt.run_all(params, runner=runner, log=lambda _: None)
+    assert seen == [(m, s, {"serial": 1, "paso": params["P"]}.get(m, params["nproc"]))
+                    for s in (0, 1) for m in wt.METHODS]
+    assert {m: len(v) for m, v in results.items()} == {m: 2 for m in wt.METHODS}
+    assert all("other_runnable_before" in r.summary for v in results.values() for r in v)
+    assert wt.peak_busy(results) == 0.25
 
 
 def test_describe_data_flags_the_stand_in_and_mixed_runs(fake_results: dict[str, list[RunResult]]) -> None:

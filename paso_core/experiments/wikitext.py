@@ -265,10 +265,11 @@ def run_all(params: Mapping[str, Any], methods: Sequence[str] = METHODS, *,
     results: dict[str, list[RunResult]] = {m: [] for m in methods}
     started = time.perf_counter()
     for i, cfg in enumerate(configs, 1):
-        tic, load_before = time.perf_counter(), _load_1min()
+        busy = other_runnable()  # sampled while none of our workers runs
+        tic = time.perf_counter()
         result = runner(cfg)
         result.summary["launch_time_s"] = time.perf_counter() - tic
-        result.summary["load_average_1min"] = [load_before, _load_1min()]
+        result.summary["other_runnable_before"] = busy
         s = result.summary
         log(f"[{i}/{len(configs)}] {cfg.method} seed={cfg.seed} workers={cfg.world_size}: "
             f"{s.get('status')} in {s['launch_time_s']:.1f} s (worker wall {_num(s, 'wall_time_s'):.1f} s, "
@@ -279,18 +280,29 @@ def run_all(params: Mapping[str, Any], methods: Sequence[str] = METHODS, *,
     return results
 
 
-def _load_1min() -> float:
-    """The 1-minute load average (NaN where the OS has none): timings mean little on a busy machine."""
-    try:
-        return float(os.getloadavg()[0])
-    except (AttributeError, OSError):
-        return float("nan")
+def other_runnable(samples: int = 20, interval_s: float = 0.05) -> float:
+    """Mean number of *other* processes ready to run, from ``/proc/loadavg`` (NaN off Linux).
+
+    Why: wall times mean little when other jobs compete for the cores, and the load
+    average cannot tell: it also counts our own workers and decays over minutes. Sampled
+    between runs (when none of ours runs), the instantaneous runnable count minus the
+    sampling process itself is what else is using the CPU right now.
+    """
+    counts = []
+    for _ in range(samples):
+        try:
+            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        except (OSError, IndexError, ValueError):
+            return float("nan")
+        counts.append(max(running - 1, 0))
+        time.sleep(interval_s)
+    return float(np.mean(counts))
 
 
-def peak_load(results: Mapping[str, Sequence[RunResult]]) -> float:
-    """The highest 1-minute load average seen around any run (recorded by :func:`run_all`)."""
-    loads = [v for runs in results.values() for r in runs for v in (r.summary.get("load_average_1min") or [])]
-    finite = [float(v) for v in loads if isinstance(v, (int, float)) and math.isfinite(v)]
+def peak_busy(results: Mapping[str, Sequence[RunResult]]) -> float:
+    """The most other runnable processes seen before any run (recorded by :func:`run_all`)."""
+    values = [_num(r.summary, "other_runnable_before") for runs in results.values() for r in runs]
+    finite = [v for v in values if math.isfinite(v)]
     return max(finite) if finite else float("nan")
 
 
@@ -719,13 +731,13 @@ def _row(table: pd.DataFrame, method: str, source: str) -> pd.Series | None:
 
 
 def paper_comparison(table: pd.DataFrame, params: Mapping[str, Any], cpu_count: int | None = None,
-                     device: str = "cpu", load: float | None = None) -> str:
+                     device: str = "cpu", busy: float | None = None) -> str:
     """Markdown comparing our rows with the paper's, every number taken from ``table``.
 
     Why generated: typed-in results go stale the moment someone reruns the notebook with
     other parameters or on other hardware; this text follows the numbers it sits next to.
-    ``load`` is the peak 1-minute load average around the runs (:func:`peak_load`); above
-    the core count, other processes competed for the cores and the text says so.
+    ``busy`` is the most other runnable processes seen before a run (:func:`peak_busy`);
+    from half a process on, other jobs competed for the cores and the text says so.
     """
     cpu_count = cpu_count or os.cpu_count() or 1
     ours = {m: _row(table, m, MEASURED) for m in METHODS}
@@ -772,13 +784,13 @@ def paper_comparison(table: pd.DataFrame, params: Mapping[str, Any], cpu_count: 
                if on_cpu else
                "Wall-time speed-ups depend on the accelerators and interconnect; compare with the paper only on "
                "similar hardware (8 GPUs with NVLink).")
-        busy = ""
-        if load is not None and math.isfinite(load) and load > cpu_count:
-            busy = (f" **Caution:** the 1-minute load average reached {load:.1f} on {cpu_count} core(s) during "
-                    "the runs, so other processes competed for the cores and these wall times (and their "
-                    "ratios) are distorted; rerun on an idle machine to time the methods.")
+        caution = ""
+        if busy is not None and math.isfinite(busy) and busy >= 0.5:
+            caution = (f" **Caution:** other processes were competing for the {cpu_count} core(s) (on average "
+                       f"{busy:.1f} other runnable process(es) just before a run), so these wall times and their "
+                       "ratios are distorted; rerun on an idle machine to time the methods.")
         lines.append(f"- **Wall time (not comparable).** Training time serial {s['wall time (s)']:.1f} s; speed-ups: "
-                     + "; ".join(wall_parts) + f". {why}{busy}")
+                     + "; ".join(wall_parts) + f". {why}{caution}")
     if not lines:
         lines.append("- Too few methods ran to compare with the paper.")
     return "\n".join(lines)
