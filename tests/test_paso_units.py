@@ -69,3 +69,13 @@ def test_threshold_trades_accuracy_for_fewer_iterations() -> None:
             "bytes_sent_rank0"} <= set(metrics.columns)
     gap_exact, gap_loose = exact.summary["final_gap"], loose.summary["final_gap"]
     assert abs(gap_exact - gap_loose) < 0.05 * abs(gap_exact) + 1e-3
+
+
+def test_extrapolated_init_keeps_exactness() -> None:
+    options = dict(task="synthetic", function="ackley", dim=200, steps=15, lr=1e-2, optimizer="momentum",
+                   seed=4, progress=False)
+    result = paso_core.run(method="paso", P=3, init="extrapolate", threshold=0.0, ema_decay=1.0, **options)
+    final = torch.load(result.path / "final.pt", weights_only=True)
+    assert max_abs_diff(reference_parameters(options), final) <= 1e-5
+    loose = paso_core.run(method="paso", P=3, init="extrapolate", threshold=1e-2, ema_decay=0.99, **options)
+    assert loose.summary["iterations"] < 15

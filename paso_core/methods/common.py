@@ -71,6 +71,17 @@ def final_report(ctx: WorkerContext, task: Task, model: nn.Module, steps: int, i
     return summary
 
 
+def eval_columns(task: Task, model: nn.Module) -> dict[str, float]:
+    """Held-out metrics as ``eval_*`` columns plus ``time_eval_s``, so training-time
+    comparisons can subtract evaluation cost exactly."""
+    import time
+
+    tic = time.perf_counter()
+    metrics = {f"eval_{k}": v for k, v in task.evaluate(model).items()}
+    metrics["time_eval_s"] = time.perf_counter() - tic
+    return metrics
+
+
 def should_eval(ctx: WorkerContext, done: int, previous: int) -> bool:
     every = ctx.cfg.eval_every
     return bool(every) and done // every > previous // every

@@ -16,7 +16,7 @@ from torch import nn
 from ..context import WorkerContext
 from ..optim.updates import OptimSpec, lr_at, make_torch_optimizer, set_lr
 from ..tasks.base import Task
-from .common import checkpoint_torch_training, final_report, resume_torch_training, should_eval
+from .common import checkpoint_torch_training, eval_columns, final_report, resume_torch_training, should_eval
 
 # (model) -> (module used for forward, gradient synchroniser called after backward)
 Wrapper = Callable[[WorkerContext, nn.Module], tuple[nn.Module, Callable[[], None]]]
@@ -52,8 +52,8 @@ def train_data_parallel(ctx: WorkerContext, task: Task, wrap: Wrapper, name: str
                          "time_comm_s": ctx.comm.seconds - comm_before, "bytes_sent": ctx.comm.bytes_sent})
             ctx.progress(done, cfg.steps, loss=loss)
         if should_eval(ctx, done, step):
-            metrics = task.evaluate(model) if ctx.is_main else {}
-            ctx.log_row({"step": done, **{f"eval_{k}": v for k, v in metrics.items()}})
+            if ctx.is_main:
+                ctx.log_row({"step": done, **eval_columns(task, model)})
         checkpoint_torch_training(ctx, model, optimizer, done, step, loss)
         ctx.maybe_stop(done)
     summary = final_report(ctx, task, model, cfg.steps, cfg.steps, cfg.steps, loss)

@@ -48,7 +48,7 @@ from ..context import WorkerContext
 from ..optim.kernel_gradient import GradientHistory, KernelGradientEstimator, cosine_distance
 from ..optim.updates import OptimSpec, clip_flat_, functional_step, init_state
 from ..tasks.base import Task
-from .common import final_report, flat_grad, flat_params, loss_and_grad, should_eval
+from .common import eval_columns, final_report, flat_grad, flat_params, loss_and_grad, should_eval
 
 State = dict[str, torch.Tensor]
 GradientFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, float]]
@@ -384,7 +384,7 @@ def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
         if math.isfinite(row["grad_est_cosine"]):
             cosines.append(row["grad_est_cosine"])
         if should_eval(ctx, core.book.steps_done, before) and ctx.is_main:  # replicas agree: rank 0 suffices
-            row.update({f"eval_{k}": v for k, v in task.evaluate(worker.final_model()).items()})
+            row.update(eval_columns(task, worker.final_model()))
         ctx.log_row(row)
         if row["iteration"] % ctx.cfg.log_every == 0 or core.book.steps_done >= T:
             ctx.progress(core.book.steps_done, T, iters=row["iteration"], loss=row["train_loss"],

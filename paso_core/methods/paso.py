@@ -26,7 +26,7 @@ from ..context import WorkerContext
 from ..optim.scan import param_coeff, param_map, prefix_scan, state_coeffs, state_maps
 from ..optim.updates import OptimSpec, clip_flat_, functional_step, init_state
 from ..tasks.base import Task
-from .common import final_report, flat_grad, flat_params, loss_and_grad, should_eval
+from .common import eval_columns, final_report, flat_grad, flat_params, loss_and_grad, should_eval
 
 
 @dataclass
@@ -93,6 +93,8 @@ class PasoWorker:
         self.tail_buffer = torch.empty(self.x.numel() * (2 if self.cfg.init == "extrapolate" else 1),
                                        dtype=self.x.dtype, device=self.x.device)
         self.win = Window(threshold=self.cfg.threshold)
+        # init="extrapolate": the last position's guess before the slide, to form its step
+        self._guess_before_slide: torch.Tensor | None = None
 
     # --------------------------------------------------------------- one iteration
     def gradient(self, pos: int, active: bool) -> tuple[float, float]:
@@ -247,7 +249,7 @@ class PasoWorker:
 
     def evaluate_window_start(self) -> dict[str, float]:
         holder = self.win.start_rank
-        metrics = self.task.evaluate(self.model) if self.ctx.rank == holder else None
+        metrics = eval_columns(self.task, self.model) if self.ctx.rank == holder else None
         return self.ctx.comm.broadcast_object(metrics, src=holder)
 
 
@@ -265,7 +267,7 @@ def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
         before = worker.win.start
         row = worker.iterate()
         if should_eval(ctx, worker.win.start, before):
-            row.update({f"eval_{k}": v for k, v in worker.evaluate_window_start().items()})
+            row.update(worker.evaluate_window_start())
         ctx.log_row(row)
         if row["iteration"] % ctx.cfg.log_every == 0 or worker.win.start >= T:
             ctx.progress(worker.win.start, T, iters=row["iteration"], loss=row["train_loss"],

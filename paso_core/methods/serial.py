@@ -14,7 +14,7 @@ import torch
 from ..context import WorkerContext
 from ..optim.updates import OptimSpec, lr_at, make_torch_optimizer, set_lr
 from ..tasks.base import Task
-from .common import (checkpoint_torch_training, final_report, loss_and_grad, resume_torch_training,
+from .common import (checkpoint_torch_training, eval_columns, final_report, loss_and_grad, resume_torch_training,
                      should_eval)
 
 
@@ -31,7 +31,7 @@ def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
             loss = _one_step(ctx, task, model, optimizer, spec, step)
             done = step + 1
             if should_eval(ctx, done, step):
-                ctx.log_row({"step": done, **{f"eval_{k}": v for k, v in task.evaluate(model).items()}})
+                ctx.log_row({"step": done, **eval_columns(task, model)})
             checkpoint_torch_training(ctx, model, optimizer, done, step, loss)
             ctx.maybe_stop(done)
     ctx.comm.barrier()
