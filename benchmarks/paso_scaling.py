@@ -82,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     axes[0].plot(paso.P, paso.G, "s--", label="PASO G")
     axes[0].axhline(args.steps, color="k", lw=0.8, label="serial T")
     axes[0].set(xlabel="P (workers)", ylabel="count", title="sequential iterations / grad evals")
-    axes[1].plot(paso.P, paso.MB_sent_per_rank_per_iter / paso.param_MB, "o-")
+    axes[1].plot(paso.P, paso.MB_sent_per_rank_per_iter / paso.param_MB, "o-", label="scan rollout")
+    relay = table[table.rollout == "relay"]
+    if not relay.empty:
+        axes[1].plot(relay.P, relay.MB_sent_per_rank_per_iter / relay.param_MB, "r^", label="relay rollout")
+        axes[2].plot(relay.P, relay.train_mem_MB_max_rank / relay.param_MB, "r^", label="PASO (relay)")
     axes[1].set(xlabel="P", ylabel="× parameter size", title="max bytes sent per rank per iteration")
     axes[2].plot(paso.P, paso.train_mem_MB_max_rank / paso.param_MB, "o-", label="PASO")
     serial_mem = table[table.method == "serial"].train_mem_MB_max_rank.iloc[0] / paso.param_MB.iloc[0]

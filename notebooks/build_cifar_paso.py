@@ -54,7 +54,8 @@ PASO_SCALE=smoke pytest --nbmake notebooks/cifar_paso.ipynb    # CI smoke run
 | `paper` | the seed's configuration: **CIFAR-10**, CNN, 60 000 steps, batch 128, lr 1e-3, Adam, `P = 7`, threshold 1e-5, ema 0.999, 8 data-parallel workers | CIFAR-10 under `data_root` (or a network: `download=True` is preset), 8 GPUs |
 
 Every parameter left `None` comes from the scale's preset (`paso_core.experiments.cifar.PRESETS`);
-`-p NAME VALUE` overrides it. `PASO` runs `P` workers (one per window step), serial one, naive
+`-p NAME VALUE` overrides it. On the CPU scales every worker gets one torch thread (the CPU
+analogue of one GPU per worker; see `PRESETS` for why). PASO runs `P` workers (one per window step), serial one, naive
 DP and DDP `nproc` workers that split each global batch (`batch_size` must divide by `nproc`).
 
 **Data.** With `dataset="cifar10"`, the files must be in torchvision's layout
@@ -71,9 +72,9 @@ file holding the parameters and the machine), run directories to `artifacts/runs
 
 PARAMETERS = """\
 # Parameters (papermill -p NAME VALUE). None = take it from the scale's preset.
-P = None                 # PASO window size = number of PASO workers (paper: 7)
-threshold = None         # PASO tolerance on 1e6 * mean squared (rollout - guess) (paper: 1e-5)
-ema_decay = None         # threshold adaptation: tol <- tol*ema + err*(1-ema); 1.0 = fixed (paper: 0.999)
+P = None                 # PASO window size, also its number of workers (paper: 7)
+threshold = None         # PASO tolerance on 1e6 x the mean squared rollout-vs-guess change (paper: 1e-5)
+ema_decay = None         # threshold adaptation, tol <- tol*ema + err*(1-ema); 1.0 keeps it fixed (paper: 0.999)
 adaptivity = None        # "mean" | "median" of the window's errors in that update
 steps = None             # sequential training steps T
 batch_size = None        # global batch per step (split across data-parallel workers)
@@ -89,6 +90,7 @@ eval_every = None        # steps between test-set evaluations (the accuracy curv
 sweep_thresholds = None  # thresholds of the trade-off sweep (at the main ema_decay)
 sweep_ema_decays = None  # ema_decays of the trade-off sweep (at the main threshold)
 sweep_n_seeds = None     # the sweep runs the first n seeds
+threads_per_worker = None  # torch threads per worker process (None: cores / local workers)
 scale = None             # "smoke" | "default" | "paper"; None -> $PASO_SCALE, else "default"
 """
 
@@ -104,13 +106,14 @@ from paso_core.experiments import cifar
 
 pd.set_option("display.width", 200)
 pd.set_option("display.max_columns", 40)
+pd.set_option("display.float_format", "{:.4g}".format)
 notebook_started = time.perf_counter()
 
 values = dict(P=P, threshold=threshold, ema_decay=ema_decay, adaptivity=adaptivity, steps=steps,
               batch_size=batch_size, lr=lr, optimizer=optimizer, model=model, dataset=dataset,
               data_root=data_root, download=download, nproc=nproc, seeds=seeds, eval_every=eval_every,
               sweep_thresholds=sweep_thresholds, sweep_ema_decays=sweep_ema_decays,
-              sweep_n_seeds=sweep_n_seeds)
+              sweep_n_seeds=sweep_n_seeds, threads_per_worker=threads_per_worker)
 # Every planned run goes through paso_core.validate here, before any training: a bad P, model,
 # dataset or a batch that nproc does not divide stops this cell with the reason.
 plan = cifar.prepare(values, scale)
@@ -166,7 +169,7 @@ csv_path, md_path = report.save_table(
     title=f"Serial vs PASO vs naive DP vs DDP: {setting}",
     notes=plan.dataset.message)
 print(f"saved {csv_path} and {md_path}")
-display(table[shown].round(4))
+display(table[shown])
 """
 
 CURVES_MD = """\
@@ -209,7 +212,9 @@ TRADEOFF_MD = """\
 PASO with `threshold = 0` and `ema_decay = 1` reproduces serial training exactly; larger or
 adaptive thresholds accept steps before they have converged. The sweep runs PASO at each
 threshold (at the main `ema_decay`) and each `ema_decay` (at the main threshold) on the first
-`sweep_n_seeds` seeds; `accuracy_change_vs_serial` is against serial of the same seed.
+`sweep_n_seeds` seeds; `accuracy_change_vs_serial` is against serial of the same seed. The grey
+band in the plots is serial's accuracy ± its std over all seeds: differences inside it are seed
+noise, not a cost of the approximation.
 """
 
 TRADEOFF = """\
@@ -222,9 +227,9 @@ csv_path, md_path = report.save_table(
     title=f"PASO trade-off (P={params['P']}): speed-up T/K and accuracy vs threshold and ema_decay, {setting}",
     notes=plan.dataset.message)
 print(f"saved {csv_path} and {md_path}")
-display(tradeoff.round(4))
-serial_accuracy = [r.summary.get("final_test_accuracy", float("nan")) for r in serial_runs
-                   if r.config["seed"] in sweep_seeds]
+display(tradeoff)
+# the reference band uses every seed of serial: it shows how much accuracy varies by seed alone
+serial_accuracy = [r.summary.get("final_test_accuracy", float("nan")) for r in serial_runs]
 fig = cifar.plot_tradeoff(tradeoff, params, serial_accuracy, f"PASO trade-off (P={params['P']}): {setting}")
 print("saved", report.save_figure(fig, cifar.artifact_name(params, "tradeoff"), artifact_config))
 plt.show()

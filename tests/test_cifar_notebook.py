@@ -321,7 +321,10 @@ def test_eval_rows_get_sequential_iterations() -> None:
     run.metrics = fake_metrics(10, 0.1, eval_at=(5, 10))
     aligned = cifar.aligned_metrics(run)
     evals = aligned.dropna(subset=["eval_test_accuracy"])
-    assert list(evals["iteration"]) == [5, 10]
+    assert list(evals["iteration"]) == [5, 10, 10]  # periodic evaluations, then the final one
+    final = evals.iloc[-1]
+    assert final["final_eval"] is True and final["eval_test_accuracy"] == pytest.approx(0.9)
+    assert final["train_time_s"] == pytest.approx(1.0)  # at the end of the last step
     assert aligned["train_time_s"].min() == pytest.approx(0.1)
 
 
@@ -335,7 +338,10 @@ def test_curves_and_figures_from_fake_runs(fake_results: list[RunResult]) -> Non
     data = cifar.curves(groups)
     assert set(data) == set(cifar.CURVES)
     assert set(data["loss_vs_iteration"]["label"]) == {"serial", "paso", "ddp"}
-    assert (data["accuracy_vs_iteration"]["iteration"] == 50).all()
+    acc = data["accuracy_vs_iteration"]
+    assert set(acc.loc[acc["label"] == "serial", "iteration"]) == {50, 100}  # periodic + final evaluation
+    final = acc[(acc["label"] == "serial") & (acc["iteration"] == 100)]
+    assert float(final["mean"].iloc[0]) == pytest.approx(0.85)              # mean of the seeds' final accuracy
     dyn = cifar.paso_dynamics(groups["paso"])
     assert set(dyn["seed"]) == {0, 1} and "accepted" in dyn
     trade = cifar.tradeoff_table(cifar.sweep_results(fake_results, PARAMS))
@@ -411,7 +417,7 @@ def test_notebook_runs_at_smoke_scale(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.delenv("PASO_SCALE", raising=False)
     out = tmp_path / "cifar_paso.out.ipynb"
     papermill.execute_notebook(str(NOTEBOOK), str(out), parameters={"scale": "smoke"}, cwd=str(NOTEBOOK.parent),
-                               progress_bar=False, kernel_name="python3")
+                               progress_bar=False, kernel_name="python3", execution_timeout=300)
     stem = "cifar_paso_smoke_digits_cnn_P4"
     for name in ("results", "tradeoff"):
         for ext in ("csv", "md", "json"):
