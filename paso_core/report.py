@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .config import ConfigError
 from .runs import RunResult, artifacts_root
 
 __all__ = [
@@ -262,6 +263,41 @@ def format_mean_std(values: Iterable[float], fmt: str = ".3g") -> str:
 
 
 # ------------------------------------------------------------------ parameters
+def parse_list(name: str, value: Any, kind: type) -> list[Any]:
+    """A list of ``kind`` from a list, a single value, or a comma-separated string.
+
+    Why strings: ``papermill -p seeds 0,1,2`` passes a string (lists need ``-y``), and a
+    notebook must accept what its documented command line produces.
+    """
+    if isinstance(value, str):
+        items: list[Any] = [v.strip() for v in value.strip("[]() ").split(",") if v.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [value]
+    out = []
+    for item in items:
+        try:
+            if isinstance(item, bool):
+                raise ValueError
+            if kind is int:
+                number = float(item) if isinstance(item, str) else item
+                if not isinstance(number, (int, float)) or float(number) != int(number):
+                    raise ValueError
+                out.append(int(number))
+            else:
+                number = float(item)
+                if not math.isfinite(number):
+                    raise ValueError
+                out.append(number)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{name}={value!r} is not valid; give a list of {kind.__name__}s, e.g. "
+                f"{'[0, 1, 2]' if kind is int else '[1e-5, 1e-3]'} (or '0,1,2' with papermill -p)"
+            ) from None
+    return out
+
+
 def resolve_parameters(values: Mapping[str, Any], presets: Mapping[str, Mapping[str, Any]],
                        scale: str | None = None, env_var: str = "PASO_SCALE",
                        default_scale: str = "default") -> dict[str, Any]:

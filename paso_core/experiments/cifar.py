@@ -90,41 +90,6 @@ ARTIFACT_STEM = "cifar_paso"
 
 
 # =========================================================================== parameters
-def _as_list(name: str, value: Any, kind: type) -> list[Any]:
-    """A list of ``kind`` from a list, a single value, or a comma-separated string.
-
-    Why strings: ``papermill -p seeds 0,1,2`` passes a string (lists need ``-y``), and a
-    notebook must accept what its documented command line produces.
-    """
-    if isinstance(value, str):
-        items: list[Any] = [v.strip() for v in value.strip("[]() ").split(",") if v.strip()]
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        items = [value]
-    out = []
-    for item in items:
-        try:
-            if isinstance(item, bool):
-                raise ValueError
-            if kind is int:
-                number = float(item) if isinstance(item, str) else item
-                if not isinstance(number, (int, float)) or float(number) != int(number):
-                    raise ValueError
-                out.append(int(number))
-            else:
-                number = float(item)
-                if not math.isfinite(number):
-                    raise ValueError
-                out.append(number)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"{name}={value!r} is not valid; give a list of {kind.__name__}s, e.g. "
-                f"{'[0, 1, 2]' if kind is int else '[1e-5, 1e-3]'} (or '0,1,2' with papermill -p)"
-            ) from None
-    return out
-
-
 def resolve_params(values: Mapping[str, Any], scale: str | None = None) -> dict[str, Any]:
     """The notebook's parameters with every ``None`` filled from the scale preset.
 
@@ -138,13 +103,13 @@ def resolve_params(values: Mapping[str, Any], scale: str | None = None) -> dict[
         raise ConfigError(f"unknown parameter(s) {unknown}; the notebook's parameters are: "
                           f"{', '.join(PARAMETERS)}, scale")
     params = report.resolve_parameters({k: values.get(k) for k in PARAMETERS}, PRESETS, scale=scale)
-    params["seeds"] = _as_list("seeds", params["seeds"], int)
+    params["seeds"] = report.parse_list("seeds", params["seeds"], int)
     if not params["seeds"]:
         raise ConfigError("seeds is empty; give at least one seed, e.g. [0]")
     if len(set(params["seeds"])) != len(params["seeds"]):
         raise ConfigError(f"seeds={params['seeds']} repeats a seed; give distinct seeds")
-    params["sweep_thresholds"] = _as_list("sweep_thresholds", params["sweep_thresholds"], float)
-    params["sweep_ema_decays"] = _as_list("sweep_ema_decays", params["sweep_ema_decays"], float)
+    params["sweep_thresholds"] = report.parse_list("sweep_thresholds", params["sweep_thresholds"], float)
+    params["sweep_ema_decays"] = report.parse_list("sweep_ema_decays", params["sweep_ema_decays"], float)
     n = params["sweep_n_seeds"]
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ConfigError(f"sweep_n_seeds={n!r} is not valid; it must be an integer >= 0 "

@@ -120,29 +120,14 @@ TABLE2_COLUMNS = (
 # =========================================================================== parameters
 def _as_int_list(name: str, value: Any) -> list[int]:
     """Seeds from a list, one int, or a comma-separated string (``papermill -p seeds 0,1``)."""
-    if isinstance(value, str):
-        items: list[Any] = [v.strip() for v in value.strip("[]() ").split(",") if v.strip()]
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        items = [value]
-    out: list[int] = []
-    for item in items:
-        try:
-            if isinstance(item, bool):
-                raise ValueError
-            number = float(item) if isinstance(item, str) else item
-            if not isinstance(number, (int, float)) or float(number) != int(number) or number < 0:
-                raise ValueError
-            out.append(int(number))
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}={value!r} is not valid; give a list of integers >= 0, e.g. [0, 1] "
-                              "(or '0,1' with papermill -p)") from None
-    if not out:
+    seeds = report.parse_list(name, value, int)
+    if any(seed < 0 for seed in seeds):
+        raise ConfigError(f"{name}={value!r} is not valid; give a list of integers >= 0, e.g. [0, 1]")
+    if not seeds:
         raise ConfigError(f"{name}={value!r} is empty; give at least one seed, e.g. [0]")
-    if len(set(out)) != len(out):
-        raise ConfigError(f"{name}={out} repeats a seed; give distinct seeds")
-    return out
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{name}={seeds} repeats a seed; give distinct seeds")
+    return seeds
 
 
 def resolve_params(values: Mapping[str, Any], scale: str | None = None) -> dict[str, Any]:
