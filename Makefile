@@ -19,10 +19,12 @@ $(VENV)/.installed: pyproject.toml
 # Unit + integration tests, then every notebook executed by nbmake at smoke scale
 # (PASO_SCALE=smoke), writing into a throw-away artifacts directory.
 test: setup
-	PASO_SCALE=smoke PASO_ARTIFACTS=$$(mktemp -d) $(PY) -m pytest -q tests --nbmake notebooks
+	T=$$(mktemp -d) && PASO_SCALE=smoke PASO_ARTIFACTS=$$T/artifacts $(PY) -m pytest -q tests \
+	  --nbmake notebooks --nbmake-timeout=900 --basetemp=$$T/pytest
 
 test-all: setup
-	PASO_SCALE=smoke PASO_ARTIFACTS=$$(mktemp -d) $(PY) -m pytest -q -m "slow or not slow" tests --nbmake notebooks
+	T=$$(mktemp -d) && PASO_SCALE=smoke PASO_ARTIFACTS=$$T/artifacts $(PY) -m pytest -q -m "slow or not slow" \
+	  tests --nbmake notebooks --nbmake-timeout=900 --basetemp=$$T/pytest
 
 artifacts: setup
 	$(PY) -m paso_core.reproduce --scale $(SCALE)

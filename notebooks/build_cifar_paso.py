@@ -239,7 +239,8 @@ EXPLORER_MD = """\
 ## Explore one sweep run
 
 Pick a sweep setting to see its loss against serial's and its accepted steps per iteration.
-Without a browser (papermill, nbmake) or without `ipywidgets` the main PASO run is drawn instead.
+Executed headless (papermill, nbmake) the widget keeps the drawing of the first setting; without
+`ipywidgets` the main PASO run is drawn as a plain figure instead.
 """
 
 EXPLORER = """\
@@ -248,7 +249,7 @@ explorer = cifar.sweep_explorer(sweep, serial_first)
 if explorer is not None:
     display(explorer)
 else:
-    print("ipywidgets is not available (or the sweep is empty): showing the main PASO run")
+    print("no interactive frontend (headless run), no ipywidgets, or an empty sweep: main PASO run shown")
     main_paso = groups.get("paso", [])
     if main_paso:
         fig = cifar.plot_sweep_run(main_paso[0], serial_first)

@@ -320,15 +320,13 @@ display(Markdown(comparison))
 """
 
 WIDGET_MD = """## Interactive view
-Pick a function to redraw its curves (needs a live kernel with ipywidgets; when the
-notebook runs headless the control is created but simply not rendered)."""
+Pick a function to redraw its curves (needs a live Jupyter frontend with ipywidgets; headless
+runs such as papermill or nbmake skip it, see `paso_core.report.widgets_module`)."""
 
 WIDGET = """\
-try:
-    import ipywidgets as widgets
-except ImportError:  # degrade gracefully: the static figure above has every function
-    widgets = None
-    print("ipywidgets is not installed; see the static figure above")
+widgets = report.widgets_module()
+if widgets is None:  # degrade gracefully: the static figure above has every function
+    print("no interactive frontend (headless run) or no ipywidgets: see the static figure above")
 
 if widgets is not None:
     band = widgets.ToggleButtons(options=["std", "range", "none"], description="band")

@@ -184,7 +184,7 @@ WIDGET = """\
 # Interactive view: choose the x-axis. Without ipywidgets (or headless) the static figure above is the view.
 explorer = wt.curve_explorer(curves)
 if explorer is None:
-    print("ipywidgets is not installed; see the static figure above")
+    print("no interactive frontend (headless run) or no ipywidgets: see the static figure above")
 else:
     display(explorer)
 """

@@ -262,6 +262,26 @@ def format_mean_std(values: Iterable[float], fmt: str = ".3g") -> str:
     return text if len(finite) == len(vals) else f"{text} ({len(finite)}/{len(vals)})"
 
 
+# ------------------------------------------------------------------ widgets
+def widgets_module() -> Any | None:
+    """``ipywidgets`` when a person is looking at a live Jupyter frontend, else None.
+
+    Why not always: headless executors (papermill, nbmake via nbclient) handle widget comm
+    messages imperfectly, and a widget cell was seen to leave execution waiting forever
+    with the kernel idle. Kernels started by Jupyter Server carry ``JPY_SESSION_NAME``;
+    ``PASO_WIDGETS=1`` forces widgets on (other frontends), ``PASO_WIDGETS=0`` off.
+    Without widgets the notebooks show the same view as a static figure.
+    """
+    flag = os.environ.get("PASO_WIDGETS")
+    if flag == "0" or (flag != "1" and "JPY_SESSION_NAME" not in os.environ):
+        return None
+    try:
+        import ipywidgets
+    except ImportError:
+        return None
+    return ipywidgets
+
+
 # ------------------------------------------------------------------ parameters
 def parse_list(name: str, value: Any, kind: type) -> list[Any]:
     """A list of ``kind`` from a list, a single value, or a comma-separated string.

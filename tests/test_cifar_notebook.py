@@ -328,7 +328,7 @@ def test_eval_rows_get_sequential_iterations() -> None:
     assert aligned["train_time_s"].min() == pytest.approx(0.1)
 
 
-def test_curves_and_figures_from_fake_runs(fake_results: list[RunResult]) -> None:
+def test_curves_and_figures_from_fake_runs(fake_results: list[RunResult], monkeypatch: pytest.MonkeyPatch) -> None:
     import matplotlib.pyplot as plt
 
     for r in fake_results:
@@ -350,7 +350,16 @@ def test_curves_and_figures_from_fake_runs(fake_results: list[RunResult]) -> Non
                 cifar.plot_sweep_run(groups["paso"][0], groups["serial"][0])):
         assert fig.axes
         plt.close(fig)
-    assert cifar.sweep_explorer(cifar.sweep_results(fake_results, PARAMS), groups["serial"][0]) is not None
+    monkeypatch.setenv("PASO_WIDGETS", "0")  # headless: no widget, the notebook draws a static figure
+    assert cifar.sweep_explorer(cifar.sweep_results(fake_results, PARAMS), groups["serial"][0]) is None
+    monkeypatch.setenv("PASO_WIDGETS", "1")  # a live frontend
+    explorer = cifar.sweep_explorer(cifar.sweep_results(fake_results, PARAMS), groups["serial"][0])
+    dropdown, image = explorer.children
+    first = image.value
+    assert first[:4] == b"\x89PNG"
+    dropdown.value = 1  # choosing another sweep run redraws the image
+    assert image.value != first
+    assert cifar.sweep_explorer([], None) is None
 
 
 def test_discussion_is_generated_from_the_numbers(fake_results: list[RunResult]) -> None:
@@ -409,6 +418,7 @@ def test_serial_naive_dp_and_ddp_follow_the_same_trajectory(tmp_path: Path) -> N
     assert moved > 0
 
 
+@pytest.mark.slow  # nbmake executes this notebook in the default suite; this run also checks its files
 def test_notebook_runs_at_smoke_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole notebook at smoke scale; every artifact lands under tmp_path, not in artifacts/."""
     import papermill

@@ -270,6 +270,7 @@ def test_resolve_parameters_explicit_beats_env_beats_default(monkeypatch: pytest
 
 
 # ------------------------------------------------------------------ notebook
+@pytest.mark.slow  # nbmake executes this notebook in the default suite; this run also checks its files
 def test_notebook_runs_at_smoke_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     papermill = pytest.importorskip("papermill")
     nbformat = pytest.importorskip("nbformat")

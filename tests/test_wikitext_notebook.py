@@ -314,6 +314,7 @@ def test_notebook_is_built_from_its_generator() -> None:
     assert len(tagged) == 1 and "scale = None" in tagged[0].source
 
 
+@pytest.mark.slow  # nbmake executes this notebook in the default suite; this run also checks its files
 def test_notebook_runs_at_smoke_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """papermill at smoke scale, artifacts into ``tmp_path``: the Table-2 file exists with its columns."""
     papermill = pytest.importorskip("papermill")

@@ -769,38 +769,47 @@ def plot_sweep_run(run: RunResult, serial: RunResult | None) -> Any:
     return fig
 
 
-def sweep_explorer(sweep: Sequence[RunResult], serial: RunResult | None) -> Any | None:
-    """A dropdown over the sweep's runs that redraws :func:`plot_sweep_run`.
+def figure_png(fig: Any, dpi: int = 90) -> bytes:
+    """``fig`` as PNG bytes, and closed (so the notebook does not also display it)."""
+    import io
 
-    Returns None when ipywidgets is not installed; the notebook then draws the main run
-    statically. Headless (papermill, nbmake) the widget is created and its first drawing
-    is stored in the notebook's widget state, so nothing fails without a browser.
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def sweep_explorer(sweep: Sequence[RunResult], serial: RunResult | None) -> Any | None:
+    """A dropdown over the sweep's runs that redraws :func:`plot_sweep_run` into an image.
+
+    Returns None without a live frontend, without ipywidgets, or for an empty sweep
+    (see :func:`paso_core.report.widgets_module`); the notebook
+    then draws the main run statically. Why an ``Image`` widget fed with PNG bytes and not
+    an ``Output`` widget: headless executors (papermill, nbmake via nbclient) emulate
+    ``Output`` widgets by exchanging comm messages with the kernel, and that emulation was
+    seen to stall cell execution for minutes here (cf. jupyter/nbclient#312); an image is
+    plain widget state, so the first drawing is simply stored in the notebook.
     """
-    try:
-        import ipywidgets as widgets
-        import matplotlib.pyplot as plt
-    except ImportError:
+    widgets = report.widgets_module()
+    if widgets is None:
         return None
     ordered = sorted(sweep, key=lambda r: (float(r.config["ema_decay"]), float(r.config["threshold"]),
                                            r.config["seed"]))
+    if not ordered:
+        return None
     options = [(f"threshold={r.config['threshold']:g}, ema_decay={r.config['ema_decay']:g}, "
                 f"seed={r.config['seed']}", i) for i, r in enumerate(ordered)]
-    if not options:
-        return None
     dropdown = widgets.Dropdown(options=options, value=0, description="PASO run",
                                 layout=widgets.Layout(width="480px"))
-    output = widgets.Output()
+    image = widgets.Image(value=figure_png(plot_sweep_run(ordered[0], serial)), format="png")
 
-    def draw(change: Any = None) -> None:
-        with output:
-            output.clear_output(wait=True)
-            fig = plot_sweep_run(ordered[dropdown.value], serial)
-            plt.show()
-            plt.close(fig)
+    def redraw(change: Any) -> None:
+        image.value = figure_png(plot_sweep_run(ordered[dropdown.value], serial))
 
-    dropdown.observe(draw, names="value")
-    draw()
-    return widgets.VBox([dropdown, output])
+    dropdown.observe(redraw, names="value")
+    return widgets.VBox([dropdown, image])
 
 
 # =========================================================================== text

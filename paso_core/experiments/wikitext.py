@@ -559,14 +559,10 @@ def plot_curves(curves: pd.DataFrame, title: str = "") -> Any:
 
 
 def curve_explorer(curves: pd.DataFrame) -> Any | None:
-    """A dropdown choosing the x-axis (iterations / wall time); None where ipywidgets is missing.
-
-    Headless (papermill, nbmake) the widget still renders its first view as a static plot,
-    so the executed notebook keeps a figure even without a live kernel.
-    """
-    try:
-        import ipywidgets as widgets
-    except ImportError:
+    """A dropdown choosing the x-axis (iterations / wall time); None headless or without
+    ipywidgets (see :func:`paso_core.report.widgets_module`): the static figure is the view."""
+    widgets = report.widgets_module()
+    if widgets is None:
         return None
     import matplotlib.pyplot as plt
 
