@@ -15,5 +15,4 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 def isolated_artifacts(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path_factory.mktemp("artifacts")
     monkeypatch.setenv("PASO_ARTIFACTS", str(root))
-    monkeypatch.setenv("PASO_CACHE", str(Path(os.environ.get("PASO_TEST_CACHE", "/tmp/paso_test_cache"))))
     return root
