@@ -13,7 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell
+
+from paso_core.notebook_files import finish_notebook, write_notebook
 
 HERE = Path(__file__).resolve().parent
 TARGET = HERE / "cifar_paso.ipynb"
@@ -270,10 +272,9 @@ print(f"notebook time: {time.perf_counter() - notebook_started:.0f} s, of which 
 
 def build() -> nbformat.NotebookNode:
     """The notebook, cell by cell; the parameters cell carries papermill's ``parameters`` tag."""
-    nb = new_notebook()
     params = new_code_cell(PARAMETERS)
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [
+    cells = [
         new_markdown_cell(INTRO),
         params,
         new_code_cell(SETUP),
@@ -292,18 +293,11 @@ def build() -> nbformat.NotebookNode:
         new_markdown_cell(DISCUSSION_MD),
         new_code_cell(DISCUSSION),
     ]
-    for i, cell in enumerate(nb.cells):
-        cell.id = f"cifar-paso-{i:02d}"  # stable ids: rebuilding gives an identical file
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    return nb
+    return finish_notebook(cells, "cifar-paso")  # stable ids: rebuilding gives an identical file
 
 
 def main() -> None:
-    nb = build()
-    nbformat.validate(nb)
-    nbformat.write(nb, TARGET)
-    print(f"wrote {TARGET}")
+    print(f"wrote {write_notebook(build(), TARGET)}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell
+
+from paso_core.notebook_files import finish_notebook, write_notebook
 
 HERE = Path(__file__).resolve().parent
 
@@ -359,7 +361,7 @@ print(f"scale={settings['scale']}: {n_runs} runs, {elapsed:.0f} s ({elapsed / 60
 def build() -> nbformat.NotebookNode:
     params = new_code_cell(PARAMETERS)
     params.metadata["tags"] = ["parameters"]
-    nb = new_notebook(cells=[
+    return finish_notebook([
         new_markdown_cell(INTRO), params, new_code_cell(SETUP),
         new_markdown_cell(RUNS_MD), new_code_cell(RUNS),
         new_markdown_cell(FIG_MD), new_code_cell(FIG),
@@ -368,13 +370,8 @@ def build() -> nbformat.NotebookNode:
         new_markdown_cell(COMPARE_MD), new_code_cell(COMPARE),
         new_markdown_cell(WIDGET_MD), new_code_cell(WIDGET),
         new_code_cell(TIME),
-    ])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    return nb
+    ], "optex-comparison")
 
 
 if __name__ == "__main__":
-    target = HERE / "optex_comparison.ipynb"
-    nbformat.write(build(), target)
-    print(target)
+    print(write_notebook(build(), HERE / "optex_comparison.ipynb"))

@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell
+
+from paso_core.notebook_files import finish_notebook, write_notebook
 
 HERE = Path(__file__).resolve().parent
 TARGET = HERE / "wikitext_paso.ipynb"
@@ -242,17 +244,11 @@ def build() -> nbformat.NotebookNode:
         new_markdown_cell(COMPARE_MD),
         new_code_cell(COMPARE),
     ]
-    nb = new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    return nb
+    return finish_notebook(cells, "wikitext-paso")
 
 
 def main() -> Path:
-    nb = build()
-    nbformat.validate(nb)
-    nbformat.write(nb, TARGET)
-    return TARGET
+    return write_notebook(build(), TARGET)
 
 
 if __name__ == "__main__":
