@@ -129,18 +129,21 @@ def _failure_report(run_dir: Path, returncode: int | None) -> WorkerFailed:
             continue
     failures.sort(key=lambda f: f["time"])
     real = [f for f in failures if not _COMM_FALLOUT.search(f"{f['kind']} {f['message']}")]
-    root_rank, root_code = _torchrun_root_cause(run_dir / "logs" / "launcher.log")
     reported = {f["rank"] for f in failures}
+    exits = _torchrun_exits(run_dir / "logs" / "launcher.log")
+    # A rank that exited on its own (not torchrun's SIGTERM) without writing a report
+    # crashed silently: it is the cause, whatever order torchrun happened to see exits in.
+    silent = [(r, code) for r, code in exits if r not in reported and code != _SIGTERM_EXIT]
     if real:
         rank, kind, message = real[0]["rank"], real[0]["kind"], real[0]["message"]
-    elif root_rank is not None and root_rank not in reported:
-        rank, kind = root_rank, "crash"
-        message = (f"worker exited with code {root_code} without reporting an error "
+    elif silent:
+        (rank, code), kind = silent[0], "crash"
+        message = (f"worker exited with code {code} without reporting an error "
                    "(killed, out of memory, or os._exit?)")
     elif failures:
         rank, kind, message = failures[0]["rank"], failures[0]["kind"], failures[0]["message"]
     else:
-        rank, kind = root_rank, "crash"
+        rank, kind = (exits[0][0] if exits else None), "crash"
         message = f"torchrun exited with code {returncode} and no worker reported an error"
     log_file = run_dir / "logs" / (f"rank{rank}.log" if rank is not None else "launcher.log")
     tail = _tail(log_file)
@@ -149,15 +152,22 @@ def _failure_report(run_dir: Path, returncode: int | None) -> WorkerFailed:
     return cls(text, run_dir, rank, kind, tail)
 
 
-def _torchrun_root_cause(path: Path) -> tuple[int | None, str | None]:
-    """The rank and exit code of torchrun's 'Root Cause (first observed failure)' block."""
+_SIGTERM_EXIT = -15
+
+
+def _torchrun_exits(path: Path) -> list[tuple[int, int]]:
+    """(rank, exit code) of every failed worker in torchrun's summary, root cause first."""
     if not path.exists():
-        return None, None
+        return []
     text = path.read_text(errors="replace")
-    block = text.split("Root Cause", 1)[1] if "Root Cause" in text else text
-    rank = re.search(r"rank\s*:\s*(\d+)", block)
-    code = re.search(r"exitcode\s*:\s*(-?\d+)", block)
-    return (int(rank.group(1)) if rank else None), (code.group(1) if code else None)
+    if "Root Cause" in text:
+        failures, root = text.rsplit("Root Cause", 1)
+        text = root + failures
+    pairs = re.findall(r"rank\s*:\s*(\d+).*?\n\s*exitcode\s*:\s*(-?\d+)", text)
+    seen: dict[int, int] = {}
+    for rank, code in pairs:
+        seen.setdefault(int(rank), int(code))
+    return list(seen.items())
 
 
 def launch(cfg: RunConfig) -> RunResult:

@@ -9,7 +9,7 @@ import pytest
 
 import paso_core
 from paso_core.config import RunConfig, validate
-from paso_core.launch import NonFiniteLossError, RunError, WorkerFailed, torchrun_command
+from paso_core.launch import NonFiniteLossError, RunError, WorkerFailed, _failure_report, torchrun_command
 
 TINY = dict(task="synthetic", function="sphere", dim=64, steps=6, progress=False)
 
@@ -28,6 +28,30 @@ def test_worker_killed_without_report_is_still_named() -> None:
         paso_core.run(method="naive_dp", nproc=2, extra={"inject_fault": {"rank": 1, "kind": "exit"}}, **TINY)
     assert info.value.rank == 1
     assert "exited with code 3" in str(info.value)
+
+
+_TORCHRUN_SUMMARY = """Failures:
+[1]:
+  rank      : 1 (local_rank: 1)
+  exitcode  : 3 (pid: 11)
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  rank      : 0 (local_rank: 0)
+  exitcode  : 1 (pid: 10)
+"""
+
+
+def test_silent_crash_wins_over_peer_fallout_whatever_torchrun_saw_first(tmp_path) -> None:
+    """torchrun may list the peer that died of a dropped connection as the root cause."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "launcher.log").write_text(_TORCHRUN_SUMMARY)
+    (logs / "rank0.failure.json").write_text(json.dumps(
+        {"rank": 0, "kind": "RuntimeError", "message": "gloo pair.cc: Connection reset by peer", "time": 1.0}))
+    (logs / "rank1.log").write_text("step 3\n")
+    err = _failure_report(tmp_path, 1)
+    assert err.rank == 1 and "exited with code 3" in str(err) and "rank1.log" in str(err)
 
 
 def test_stalled_collective_ends_within_timeout() -> None:
