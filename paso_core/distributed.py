@@ -88,19 +88,24 @@ class Comm:
         return tensor.numel() * tensor.element_size()
 
     def exchange(self, tensor: torch.Tensor | None, send_to: int | None,
-                 recv_from: int | None, recv_like: torch.Tensor | None = None) -> torch.Tensor | None:
-        """Send ``tensor`` to ``send_to`` and receive one from ``recv_from`` (either may be None)."""
+                 recv_from: int | None, recv_into: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Send ``tensor`` to ``send_to`` and receive one from ``recv_from`` (either may be None).
+
+        The message lands in ``recv_into`` when given (a reused buffer keeps per-iteration
+        allocations, and so peak memory, flat), else in a new tensor shaped like ``tensor``.
+        """
         with self._timed():
-            return self._exchange(tensor, send_to, recv_from, recv_like)
+            return self._exchange(tensor, send_to, recv_from, recv_into)
 
     def _exchange(self, tensor: torch.Tensor | None, send_to: int | None,
-                  recv_from: int | None, recv_like: torch.Tensor | None) -> torch.Tensor | None:
+                  recv_from: int | None, recv_into: torch.Tensor | None) -> torch.Tensor | None:
         ops: list[dist.P2POp] = []
         received = None
         if recv_from is not None:
-            like = recv_like if recv_like is not None else tensor
-            assert like is not None
-            received = torch.empty_like(like)
+            if recv_into is None:
+                assert tensor is not None, "nothing to shape the receive buffer after"
+                recv_into = torch.empty_like(tensor)
+            received = recv_into
             ops.append(dist.P2POp(dist.irecv, received, recv_from))
         if send_to is not None and tensor is not None:
             ops.append(dist.P2POp(dist.isend, tensor.contiguous(), send_to))

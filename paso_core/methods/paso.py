@@ -7,7 +7,8 @@ compared with the next position's guess; the converged prefix is accepted and th
 window slides (see ``../shared/notes/paso.md``).
 
 Memory per rank: its guess (the model's parameters), one gradient, one optimizer state,
-and a few parameter-sized scan buffers, whatever ``P`` is. Positions rotate over ranks
+and preallocated scan buffers (the two scan accumulators and one receive buffer), whatever
+``P`` is; a scan-rollout iteration allocates nothing parameter-sized except at position 0. Positions rotate over ranks
 as the window slides, so the new window start is simply the rank that already holds the
 accepted state: nothing is copied except the last iterate to the new tail positions.
 """
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 
 from ..context import WorkerContext
-from ..optim.scan import param_coeff, param_map, prefix_scan, state_coeffs, state_maps
+from ..optim.scan import param_coeff, param_offset_into, prefix_scan_, state_coeffs, state_offsets_into
 from ..optim.updates import OptimSpec, clip_flat_, functional_step, init_state
 from ..tasks.base import Task
 from .common import eval_columns, final_report, flat_grad, flat_params, loss_and_grad, should_eval
@@ -90,8 +91,12 @@ class PasoWorker:
         self.x = flat_params(self.model)          # this rank's guess (the model's parameters)
         self.grad = torch.zeros_like(self.x)
         self.state = init_state(self.spec, self.x)
-        self.tail_buffer = torch.empty(self.x.numel() * (2 if self.cfg.init == "extrapolate" else 1),
-                                       dtype=self.x.dtype, device=self.x.device)
+        d, n_state = self.x.numel(), len(self.spec.state_names)
+        # Reused every iteration: the phase-1 (optimizer state) scan accumulator, and one
+        # receive buffer that also carries the new tail's seed when the window slides. The
+        # phase-2 (parameter) accumulator is ``self.grad``: the gradient is spent by then.
+        self.scan_state = self.x.new_empty(d * n_state)
+        self.recv = self.x.new_empty(d * max(n_state, 2 if self.cfg.init == "extrapolate" else 1))
         self.win = Window(threshold=self.cfg.threshold)
         # init="extrapolate": the last position's guess before the slide, to form its step
         self._guess_before_slide: torch.Tensor | None = None
@@ -105,17 +110,23 @@ class PasoWorker:
         step = self.win.start + pos
         loss = loss_and_grad(self.task, self.model, self.task.train_batch(step), step)
         flat_grad(self.model, self.grad)
+        self.model.zero_grad(set_to_none=True)  # the flat copy is all the rollout needs
         clip_flat_(self.grad, self.spec.grad_clip)
         return loss, time.perf_counter() - tic
 
     def scan_rollout(self, pos: int, active: bool, window: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Both phases of the affine prefix scan; returns this position's rolled-out state."""
-        spec, b, names = self.spec, self.win.start, self.spec.state_names
+        """Both phases of the affine prefix scan; returns this position's rolled-out state.
+
+        The results are views into the reused scan buffers: valid until the next gradient.
+        """
+        spec, b, names, d = self.spec, self.win.start, self.spec.state_names, self.x.numel()
+        states = [self.scan_state[k * d:(k + 1) * d] for k in range(len(names))]
+        acc_x = self.grad  # phase 2 overwrites the gradient (SGD's offset is the gradient itself)
 
         def exchange(tensor: torch.Tensor, offset: int) -> torch.Tensor | None:
             send = self.win.rank_of(pos + offset, self.P) if pos + offset < self.P else None
             recv = self.win.rank_of(pos - offset, self.P) if pos - offset >= 0 else None
-            return self.ctx.comm.exchange(tensor, send, recv)
+            return self.ctx.comm.exchange(tensor, send, recv, recv_into=self.recv[:tensor.numel()])
 
         def coeffs1(p: int) -> list[float]:
             return [0.0] * len(names) if p == 0 else (state_coeffs(spec, b + p) if p < window else [1.0] * len(names))
@@ -123,22 +134,23 @@ class PasoWorker:
         def coeffs2(p: int) -> list[float]:
             return [0.0] if p == 0 else ([param_coeff(spec, b + p)] if p < window else [1.0])
 
-        if pos == 0:
+        if pos == 0:  # the exact step from the window start, folded in as a constant map
             x0, s0 = functional_step(spec, b, self.x, self.state, self.grad)
-            own1 = [s0[k] for k in names]
+            for k, name in enumerate(names):
+                states[k].copy_(s0[name])
+            acc_x.copy_(x0)
+            del x0, s0
         elif active:
-            own1 = [c for _, c in state_maps(spec, b + pos, self.grad)]
+            state_offsets_into(spec, self.grad, states)
         else:
-            own1 = [torch.zeros_like(self.x) for _ in names]
-        states = prefix_scan([coeffs1(p) for p in range(self.P)], own1, pos, exchange)
-        if pos == 0:
-            own2 = x0
-        elif active:
-            own2 = param_map(spec, b + pos, states, self.grad)[1]
-        else:
-            own2 = torch.zeros_like(self.x)
-        out_x = prefix_scan([coeffs2(p) for p in range(self.P)], [own2], pos, exchange)[0]
-        return out_x, dict(zip(names, states))
+            self.scan_state.zero_()
+        prefix_scan_([coeffs1(p) for p in range(self.P)], self.scan_state, [d] * len(names), pos, exchange)
+        if pos > 0 and active:
+            param_offset_into(spec, b + pos, states, self.grad, out=acc_x)
+        elif pos > 0:
+            acc_x.zero_()
+        prefix_scan_([coeffs2(p) for p in range(self.P)], acc_x, [d], pos, exchange)
+        return acc_x, dict(zip(names, states))
 
     def relay_rollout(self, pos: int, active: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Sequential chain: receive the state from position pos-1, step, pass it on (O(d) per rank)."""
@@ -147,7 +159,7 @@ class PasoWorker:
             x, state = self.x, self.state
         else:
             like = torch.empty(d * (1 + len(names)), dtype=self.x.dtype, device=self.x.device)
-            packed = self.ctx.comm.exchange(None, None, self.win.rank_of(pos - 1, self.P), recv_like=like)
+            packed = self.ctx.comm.exchange(None, None, self.win.rank_of(pos - 1, self.P), recv_into=like)
             x = packed[:d]
             state = {k: packed[(i + 1) * d:(i + 2) * d] for i, k in enumerate(names)}
         if active:
@@ -161,10 +173,10 @@ class PasoWorker:
         """``mean((x'_{b+pos+1} - x̂_{b+pos+1})^2) * 1e6`` using the next position's guess."""
         send = self.win.rank_of(pos - 1, self.P) if 0 < pos < window else None
         recv = self.win.rank_of(pos + 1, self.P) if pos + 1 < window else None
-        next_guess = self.ctx.comm.exchange(self.x, send, recv, recv_like=self.x)
+        next_guess = self.ctx.comm.exchange(self.x, send, recv, recv_into=self.recv[:self.x.numel()])
         if next_guess is None:
             return float("nan")
-        return float(((out_x - next_guess) ** 2).mean()) * 1e6
+        return float(next_guess.sub_(out_x).square_().mean()) * 1e6  # (a-b)^2 == (b-a)^2 exactly
 
     def slide(self, pos: int, window: int, accepted: int, out_x: torch.Tensor,
               out_state: dict[str, torch.Tensor]) -> None:
@@ -172,20 +184,22 @@ class PasoWorker:
         is_tail = pos < accepted - 1
         if not is_tail:
             self.x.copy_(out_x)
-            self.state = out_state
+            for name, value in out_state.items():
+                self.state[name].copy_(value)
         if accepted >= 2:
             source = self.win.rank_of(window - 1, self.P)
             d = self.x.numel()
+            seed = self.recv[:2 * d if self.cfg.init == "extrapolate" else d]
             if self.ctx.rank == source:
-                self.tail_buffer[:d].copy_(out_x)
+                seed[:d].copy_(out_x)
                 if self.cfg.init == "extrapolate":
-                    self.tail_buffer[d:].copy_(out_x - self._guess_before_slide)
-            self.ctx.comm.broadcast_(self.tail_buffer, src=source)
+                    torch.sub(out_x, self._guess_before_slide, out=seed[d:])
+            self.ctx.comm.broadcast_(seed, src=source)
             if is_tail:
                 k = pos + 1  # this rank becomes tail position P-accepted+k
-                self.x.copy_(self.tail_buffer[:d])
+                self.x.copy_(seed[:d])
                 if self.cfg.init == "extrapolate":
-                    self.x.add_(self.tail_buffer[d:], alpha=float(k))
+                    self.x.add_(seed[d:], alpha=float(k))
         self.win.start_rank = self.win.rank_of(accepted - 1, self.P)
 
     def iterate(self) -> dict[str, Any]:

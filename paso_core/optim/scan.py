@@ -45,15 +45,20 @@ def state_coeffs(spec: OptimSpec, step: int) -> list[float]:
 
 def state_maps(spec: OptimSpec, step: int, grad: torch.Tensor) -> list[AffineMap]:
     """Phase 1: the optimizer-state recurrences of step ``step`` given its (clipped) gradient."""
+    offsets = [torch.empty_like(grad) for _ in spec.state_names]
+    state_offsets_into(spec, grad, offsets)
+    return list(zip(state_coeffs(spec, step), offsets))
+
+
+def state_offsets_into(spec: OptimSpec, grad: torch.Tensor, out: Sequence[torch.Tensor]) -> None:
+    """Write the ``c`` of each state recurrence into ``out`` (same arithmetic as torch's Adam)."""
     if spec.coupled_weight_decay:
         raise ValueError("coupled weight decay is not affine in the gradient; use the relay rollout")
     if spec.name == "momentum":
-        offsets = [grad]
+        out[0].copy_(grad)
     elif spec.name in ("adam", "adamw"):
-        offsets = [(1 - spec.beta1) * grad, (1 - spec.beta2) * grad * grad]
-    else:
-        offsets = []
-    return list(zip(state_coeffs(spec, step), offsets))
+        torch.mul(grad, 1 - spec.beta1, out=out[0])
+        torch.mul(grad, 1 - spec.beta2, out=out[1]).mul_(grad)
 
 
 def param_coeff(spec: OptimSpec, step: int) -> float:
@@ -64,14 +69,21 @@ def param_coeff(spec: OptimSpec, step: int) -> float:
 def param_map(spec: OptimSpec, step: int, state_out: Sequence[torch.Tensor],
               grad: torch.Tensor) -> AffineMap:
     """Phase 2: the parameter recurrence of step ``step`` once its new state is known."""
-    lr = lr_at(spec, step)
+    offset = torch.empty_like(grad)
+    param_offset_into(spec, step, state_out, grad, offset)
+    return param_coeff(spec, step), offset
+
+
+def param_offset_into(spec: OptimSpec, step: int, state_out: Sequence[torch.Tensor],
+                      grad: torch.Tensor, out: torch.Tensor) -> None:
+    """Write the ``c`` of the parameter recurrence, ``-lr * direction``, into ``out``."""
     if spec.name == "sgd":
-        direction = grad.clone()
+        out.copy_(grad)
     elif spec.name == "momentum":
-        direction = state_out[0].clone()
+        out.copy_(state_out[0])
     else:
-        direction = adam_direction(spec, step, state_out[0], state_out[1])
-    return param_coeff(spec, step), direction.mul_(-lr)
+        adam_direction(spec, step, state_out[0], state_out[1], out=out)
+    out.mul_(-lr_at(spec, step))
 
 
 def prefix_scan(coeffs: Sequence[Sequence[float]], own: Sequence[torch.Tensor], pos: int,
@@ -86,25 +98,34 @@ def prefix_scan(coeffs: Sequence[Sequence[float]], own: Sequence[torch.Tensor], 
     """
     if not own:
         return []
-    sizes = [t.numel() for t in own]
     acc = torch.cat([t.reshape(-1) for t in own])
+    prefix_scan_(coeffs, acc, [t.numel() for t in own], pos, exchange)
+    out, start = [], 0
+    for t in own:
+        out.append(acc[start:start + t.numel()].view_as(t))
+        start += t.numel()
+    return out
+
+
+def prefix_scan_(coeffs: Sequence[Sequence[float]], acc: torch.Tensor, sizes: Sequence[int], pos: int,
+                 exchange: Exchange) -> torch.Tensor:
+    """:func:`prefix_scan` in place on ``acc``, the ``c`` vectors laid end to end (``sizes``).
+
+    Workers call this on preallocated buffers so a rollout allocates nothing parameter-sized.
+    """
     n_pos = len(coeffs)
     seg_start, offset = pos, 1
-    while offset < n_pos:
+    while offset < n_pos and sizes:
         received = exchange(acc, offset)
         if received is not None:
-            scales = [_product(coeffs, seg_start, pos, k) for k in range(len(own))]
             start = 0
             for k, size in enumerate(sizes):
-                acc[start:start + size].add_(received[start:start + size], alpha=scales[k])
+                scale = _product(coeffs, seg_start, pos, k)
+                acc[start:start + size].add_(received[start:start + size], alpha=scale)
                 start += size
             seg_start = max(0, seg_start - offset)
         offset *= 2
-    out, start = [], 0
-    for t, size in zip(own, sizes):
-        out.append(acc[start:start + size].view_as(t))
-        start += size
-    return out
+    return acc
 
 
 def _product(coeffs: Sequence[Sequence[float]], first: int, last: int, k: int) -> float:

@@ -114,13 +114,15 @@ def init_state(spec: OptimSpec, like: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def _adam_denominator(spec: OptimSpec, step: int, v: torch.Tensor) -> torch.Tensor:
     bc2_sqrt = (1 - spec.beta2 ** (step + 1)) ** 0.5
-    return (v.sqrt() / bc2_sqrt).add_(spec.eps)
+    return v.sqrt().div_(bc2_sqrt).add_(spec.eps)  # torch's (sqrt(v) / bc2).add_(eps), one temporary
 
 
-def adam_direction(spec: OptimSpec, step: int, m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def adam_direction(spec: OptimSpec, step: int, m: torch.Tensor, v: torch.Tensor,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
     """Adam's bias-corrected direction ``m̂ / (sqrt(v̂) + eps)`` scaled so ``x -= lr * u``."""
     bc1 = 1 - spec.beta1 ** (step + 1)
-    return torch.zeros_like(m).addcdiv_(m, _adam_denominator(spec, step, v), value=1 / bc1)
+    out = torch.zeros_like(m) if out is None else out.zero_()
+    return out.addcdiv_(m, _adam_denominator(spec, step, v), value=1 / bc1)
 
 
 def functional_step(spec: OptimSpec, step: int, x: torch.Tensor, state: dict[str, torch.Tensor],
