@@ -6,11 +6,13 @@ its step at its current guess; the window is rolled out from the exact start sta
 compared with the next position's guess; the converged prefix is accepted and the
 window slides (see ``../shared/notes/paso.md``).
 
-Memory per rank: its guess (the model's parameters), one gradient, one optimizer state,
-and preallocated scan buffers (the two scan accumulators and one receive buffer), whatever
-``P`` is; a scan-rollout iteration allocates nothing parameter-sized except at position 0. Positions rotate over ranks
-as the window slides, so the new window start is simply the rank that already holds the
-accepted state: nothing is copied except the last iterate to the new tail positions.
+Memory per rank: its guess (the model's parameters), one gradient (which doubles as the
+parameter scan's accumulator), one optimizer state, and two preallocated buffers (the
+optimizer-state scan accumulator and one receive buffer), whatever ``P`` is; a scan
+iteration allocates nothing parameter-sized except the exact step at window position 0.
+Positions rotate over ranks as the window slides, so the new window start is simply the
+rank that already holds the accepted state: nothing is copied except the last iterate to
+the new tail positions.
 """
 
 from __future__ import annotations
