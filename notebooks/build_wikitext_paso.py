@@ -64,7 +64,7 @@ PARAMETERS = """\
 # Parameters (papermill -p NAME VALUE). None = take it from the scale's preset.
 scale = None            # "smoke" | "default" | "paper"; None -> $PASO_SCALE, else "default"
 model = None            # "gpt2-tiny" | "gpt2-small" | "gpt2" | "local" | "modelscope"
-model_dir = None        # local pretrained model directory (sets model="local" when model is None)
+model_dir = None        # local pretrained model directory (implies model "local" when model is None)
 dataset = None          # "pydoc" (offline stand-in) | "wikitext2"
 data_root = None        # directory holding WikiText-2 (wiki.*.tokens or the hub's parquet files)
 download = None         # True: fetch WikiText-2 from the Hugging Face hub (needs a network)
@@ -75,9 +75,9 @@ eval_batch_size = None  # sequences per evaluation forward pass
 eval_every = None       # steps between validation evaluations (the curves' resolution)
 lr = None               # Adam learning rate
 optimizer = None        # "adam" | "adamw" | "sgd" | "momentum"
-P = None                # PASO window = PASO workers
+P = None                # PASO window size, one worker per position
 threshold = None        # PASO initial tolerance
-ema_decay = None        # PASO tolerance adaptation (1.0 = fixed)
+ema_decay = None        # PASO tolerance adaptation (1.0 keeps it fixed)
 nproc = None            # workers of naive DP and DDP
 seeds = None            # e.g. [0, 1, 2] (or "0,1,2" with papermill -p)
 """
