@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 import paso_core
@@ -39,11 +37,13 @@ BAD = [
 
 
 @pytest.mark.parametrize("options,message", BAD, ids=[str(o) for o, _ in BAD])
-def test_bad_input_is_rejected_before_launch(options: dict, message: str) -> None:
-    tic = time.perf_counter()
+def test_bad_input_is_rejected_before_launch(options: dict, message: str, monkeypatch) -> None:
+    def no_process(*args, **kwargs):
+        raise AssertionError("validation must happen before any process starts")
+
+    monkeypatch.setattr("subprocess.Popen", no_process)
     with pytest.raises(ConfigError, match=message):
         paso_core.run(**{"method": "serial", "task": "synthetic", **options})
-    assert time.perf_counter() - tic < 2.0, "validation must happen before any process starts"
 
 
 def test_unknown_option_names_the_valid_ones() -> None:
