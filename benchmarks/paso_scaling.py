@@ -41,7 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--relay", action="store_true", help="also run the sequential relay rollout")
     parser.add_argument("--mmap-threshold", type=int, default=1 << 20,
                         help="glibc MALLOC_MMAP_THRESHOLD_ for the workers, in bytes (0: glibc's default)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.mmap_threshold < 0:
+        parser.error(f"--mmap-threshold={args.mmap_threshold} is not valid; give bytes >= 1, "
+                     "or 0 for glibc's default")
+    return args
 
 
 def row_for(label: str, result: paso_core.RunResult, P: int, rollout: str) -> dict:
