@@ -25,6 +25,8 @@ import pandas as pd  # noqa: E402
 
 import paso_core  # noqa: E402
 from paso_core import report  # noqa: E402
+from paso_core.methods.paso import busiest_rank_vectors  # noqa: E402
+from paso_core.optim.updates import STATE_NAMES  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,20 +50,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def row_for(label: str, result: paso_core.RunResult, P: int, rollout: str) -> dict:
+def row_for(label: str, result: paso_core.RunResult, P: int, rollout: str, n_state: int) -> dict:
     s = result.summary
     growth = [peak - base for peak, base in zip(s["peak_rss_mb_per_rank"], s["baseline_rss_mb_per_rank"])]
-    bytes_per_rank = s["bytes_sent_per_rank"]
+    param_bytes = s["n_params"] * 4
+    vector_bytes = s.get("vector_bytes", param_bytes)  # PASO pads each parameter to 512 B
+    per_iter = result.metrics.get("bytes_iter_max")
     return {
         "method": label, "P": P, "rollout": rollout, "T": s["steps"], "K": s["iterations"],
         "G": s["grad_evals"], "speedup_T_over_K": s["speedup"], "overhead_G_over_T": s["overhead"],
         "final_gap": s.get("final_gap"),
-        "MB_sent_max_rank": max(bytes_per_rank) / 2**20,
-        "MB_sent_per_rank_per_iter": max(bytes_per_rank) / 2**20 / max(1, s["iterations"]),
-        "train_mem_MB_max_rank": max(growth), "train_mem_x_params": max(growth) / (s["n_params"] * 4 / 2**20),
+        "MB_sent_max_rank": max(s["bytes_sent_per_rank"]) / 2**20,
+        # measured: the largest number of bytes any rank sent in any one iteration
+        "iter_bytes_max_x_params": float(per_iter.max()) / vector_bytes if per_iter is not None else 0.0,
+        "iter_bytes_bound_x_params": busiest_rank_vectors(n_state, P, rollout) if label == "paso" else 0,
+        "train_mem_MB_max_rank": max(growth), "train_mem_x_params": max(growth) / (param_bytes / 2**20),
         "peak_rss_MB_max_rank": s["peak_rss_mb_max"],
-        "param_MB": s["n_params"] * 4 / 2**20, "wall_s": s["wall_time_s"],
+        "param_MB": param_bytes / 2**20, "wall_s": s["wall_time_s"],
     }
+
+
+#: What the Markdown table shows (the CSV has every column).
+MD_COLUMNS = ["method", "P", "rollout", "K", "G", "final_gap", "iter_bytes_max_x_params",
+              "iter_bytes_bound_x_params", "train_mem_x_params", "wall_s"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,34 +86,39 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     common = dict(task="synthetic", function=args.function, dim=args.dim, steps=args.steps, lr=args.lr,
                   optimizer=args.optimizer, progress=False)
-    rows = [row_for("serial", paso_core.run(method="serial", **common), 1, "-")]
+    n_state = len(STATE_NAMES[args.optimizer])
+    rows = [row_for("serial", paso_core.run(method="serial", **common), 1, "-", n_state)]
     variants = [(P, "scan") for P in args.P] + ([(max(args.P), "relay")] if args.relay else [])
     for P, rollout in variants:
         result = paso_core.run(method="paso", P=P, rollout=rollout, threshold=args.threshold,
                                ema_decay=args.ema_decay, **common)
-        rows.append(row_for("paso", result, P, rollout))
+        rows.append(row_for("paso", result, P, rollout, n_state))
         print(f"P={P} {rollout}: K={rows[-1]['K']} G={rows[-1]['G']}", file=sys.stderr)
     table = pd.DataFrame(rows)
     config = {"script": "benchmarks/paso_scaling.py", **vars(args)}
     report.save_table(table, "paso_scaling", config, title="PASO vs serial: iterations, work, traffic, memory",
                       notes=f"{args.function}, d={args.dim}, T={args.steps}, {args.optimizer} lr={args.lr}, "
                             f"threshold={args.threshold}, ema={args.ema_decay}; CPU/gloo, all runs in one "
-                            "invocation. train_mem = peak RSS minus RSS after imports; "
+                            "invocation. iter_bytes_max = the most bytes any rank sent in any one iteration "
+                            "(measured, including the few-float decision gather), iter_bytes_bound = the O(d log P) "
+                            "bound of methods/paso.py, both in (padded) parameter vectors. train_mem = peak RSS minus RSS after imports; "
                             + (f"glibc mmap threshold fixed at {args.mmap_threshold} B so RSS follows live "
                                "tensors (wall times then include page faults)." if args.mmap_threshold
-                               else "glibc's default allocator (RSS includes blocks it retains)."))
+                               else "glibc's default allocator (RSS includes blocks it retains)."),
+                      md_columns=MD_COLUMNS)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     paso = table[(table.method == "paso") & (table.rollout == "scan")]
     axes[0].plot(paso.P, paso.K, "o-", label="PASO K")
     axes[0].plot(paso.P, paso.G, "s--", label="PASO G")
     axes[0].axhline(args.steps, color="k", lw=0.8, label="serial T")
     axes[0].set(xlabel="P (workers)", ylabel="count", title="sequential iterations / grad evals")
-    axes[1].plot(paso.P, paso.MB_sent_per_rank_per_iter / paso.param_MB, "o-", label="scan rollout")
+    axes[1].plot(paso.P, paso.iter_bytes_max_x_params, "o-", label="scan rollout, measured")
+    axes[1].plot(paso.P, paso.iter_bytes_bound_x_params, "k:", marker="x", label="bound (n_state+2)·⌈log2 P⌉+1")
     relay = table[table.rollout == "relay"]
     if not relay.empty:
-        axes[1].plot(relay.P, relay.MB_sent_per_rank_per_iter / relay.param_MB, "r^", label="relay rollout")
+        axes[1].plot(relay.P, relay.iter_bytes_max_x_params, "r^", label="relay rollout, measured")
         axes[2].plot(relay.P, relay.train_mem_MB_max_rank / relay.param_MB, "r^", label="PASO (relay)")
-    axes[1].set(xlabel="P", ylabel="× parameter size", title="max bytes sent per rank per iteration")
+    axes[1].set(xlabel="P", ylabel="× parameter size", title="busiest rank, worst iteration: bytes sent")
     axes[2].plot(paso.P, paso.train_mem_MB_max_rank / paso.param_MB, "o-", label="PASO")
     serial_mem = table[table.method == "serial"].train_mem_MB_max_rank.iloc[0] / paso.param_MB.iloc[0]
     axes[2].axhline(serial_mem, color="k", lw=0.8, label="serial")

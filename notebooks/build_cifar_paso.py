@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell
 
-from paso_core.notebook_files import finish_notebook, write_notebook
+from paso_core.notebook_files import finish_notebook, parameters_cells, write_notebook
 
 HERE = Path(__file__).resolve().parent
 TARGET = HERE / "cifar_paso.ipynb"
@@ -62,9 +62,12 @@ DP and DDP `nproc` workers that split each global batch (`batch_size` must divid
 
 **Data.** With `dataset="cifar10"`, the files must be in torchvision's layout
 (`<data_root>/cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta`) or downloadable. If
-they are neither, the notebook says so in a warning right below the parameters and runs on
-scikit-learn's bundled **digits** instead (1797 8x8 images); every title and table then names
-digits. It never presents digits results as CIFAR-10 results.
+they are neither, at the `smoke` and `default` scales the notebook says so in a warning right
+below the parameters and runs on scikit-learn's bundled **digits** instead (1797 8x8 images); every
+title and table then names digits. At `paper` scale it stops there with the fix instead (`-p data_root
+<dir>`, or `-p scale default`): hours of digits training must not pass for the paper's run. It never
+presents digits results as CIFAR-10 results. An unknown parameter (`-p tresh 0.1`) also stops the cell
+below the parameters, listing the valid names.
 
 **Outputs.** Tables go to `artifacts/tables/`, figures to `artifacts/figures/` (each with a JSON
 file holding the parameters and the machine), run directories to `artifacts/runs/`; set
@@ -272,11 +275,9 @@ print(f"notebook time: {time.perf_counter() - notebook_started:.0f} s, of which 
 
 def build() -> nbformat.NotebookNode:
     """The notebook, cell by cell; the parameters cell carries papermill's ``parameters`` tag."""
-    params = new_code_cell(PARAMETERS)
-    params.metadata["tags"] = ["parameters"]
     cells = [
         new_markdown_cell(INTRO),
-        params,
+        *parameters_cells(PARAMETERS),
         new_code_cell(SETUP),
         new_markdown_cell(RUN_MD),
         new_code_cell(RUN),

@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell
 
-from paso_core.notebook_files import finish_notebook, write_notebook
+from paso_core.notebook_files import finish_notebook, parameters_cells, write_notebook
 
 HERE = Path(__file__).resolve().parent
 
@@ -49,7 +49,8 @@ Measured on the 2-core development CPU (no GPU), end to end with papermill: `def
 ~8–15 s each. The last cell prints this run's own time.
 
 If `scale` is left `None`, the environment variable `PASO_SCALE` decides (CI runs
-`PASO_SCALE=smoke pytest --nbmake notebooks/`), else `default`.
+`PASO_SCALE=smoke pytest --nbmake notebooks/`), else `default`. An unknown parameter
+(`-p tresh 0.1`) stops the cell below the parameters, listing the valid names.
 
 ```bash
 papermill notebooks/optex_comparison.ipynb out.ipynb -p scale smoke
@@ -359,10 +360,8 @@ print(f"scale={settings['scale']}: {n_runs} runs, {elapsed:.0f} s ({elapsed / 60
 
 
 def build() -> nbformat.NotebookNode:
-    params = new_code_cell(PARAMETERS)
-    params.metadata["tags"] = ["parameters"]
     return finish_notebook([
-        new_markdown_cell(INTRO), params, new_code_cell(SETUP),
+        new_markdown_cell(INTRO), *parameters_cells(PARAMETERS), new_code_cell(SETUP),
         new_markdown_cell(RUNS_MD), new_code_cell(RUNS),
         new_markdown_cell(FIG_MD), new_code_cell(FIG),
         new_markdown_cell(TABLE_MD), new_code_cell(TABLE),

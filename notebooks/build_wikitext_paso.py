@@ -14,7 +14,7 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell
 
-from paso_core.notebook_files import finish_notebook, write_notebook
+from paso_core.notebook_files import finish_notebook, parameters_cells, write_notebook
 
 HERE = Path(__file__).resolve().parent
 TARGET = HERE / "wikitext_paso.ipynb"
@@ -57,7 +57,9 @@ excluded; the whole-worker time is in the saved table as `worker wall time (s)`)
 **Offline corpus.** Without a network the only text available is Python's own documentation
 (`pydoc_data.topics`). It is *not* WikiText-2, and the notebook says so below (from the runs'
 summaries): its perplexities are not comparable with the paper's. Asking for
-`dataset='wikitext2'` without the files stops with the loader's message; nothing is substituted.
+`dataset='wikitext2'` without the files stops, at every scale, naming the missing files and the
+fix (`-p data_root <dir>`, or `-p scale default` for the offline corpus); nothing is substituted.
+An unknown parameter (`-p tresh 0.1`) also stops the cell below the parameters, listing the valid names.
 """
 
 PARAMETERS = """\
@@ -228,7 +230,7 @@ def build() -> nbformat.NotebookNode:
     """The notebook, cell by cell (the ``parameters`` tag is what papermill injects after)."""
     cells = [
         new_markdown_cell(INTRO),
-        new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]}),
+        *parameters_cells(PARAMETERS),
         new_code_cell(SETUP),
         new_markdown_cell(RUN_MD),
         new_code_cell(RUN),

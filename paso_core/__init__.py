@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from .config import ConfigError, RunConfig, validate
-from .launch import NonFiniteLossError, RunError, WorkerFailed, launch
+from .launch import NonFiniteLossError, RunError, RunInterrupted, WorkerFailed, launch
 from .runs import RunResult, load_run
 
 __all__ = ["run", "RunConfig", "RunResult", "load_run", "validate", "ConfigError", "RunError",
-           "WorkerFailed", "NonFiniteLossError"]
+           "WorkerFailed", "NonFiniteLossError", "RunInterrupted"]
 
 
 def run(method: str = "serial", task: str = "synthetic", **options: Any) -> RunResult:

@@ -12,7 +12,7 @@ import sys
 import typing
 
 from .config import ConfigError, RunConfig
-from .launch import RunError, launch
+from .launch import RunError, RunInterrupted, launch
 
 
 def _flag_type(hint: typing.Any) -> tuple[typing.Any, dict[str, typing.Any]]:
@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     as_json = args.pop("json", False)
     try:
         result = launch(RunConfig.from_dict(args))
+    except RunInterrupted as err:  # launch() already printed the one line naming the run
+        return err.exit_code
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

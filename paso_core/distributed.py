@@ -17,18 +17,54 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
-from .config import RunConfig
+from .config import ConfigError, RunConfig
+
+
+def uses_cuda(cfg: RunConfig) -> bool:
+    return cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+
+
+def check_devices(cfg: RunConfig) -> None:
+    """Reject, before any process starts, a CUDA run with more local workers than GPUs.
+
+    Each rank needs a GPU of its own: two ranks on one GPU make NCCL abort ("Duplicate GPU
+    detected") only after every worker has started, far from the option that caused it.
+    """
+    if cfg.device == "cpu":
+        return
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device='cuda' was asked for but torch.cuda.is_available() is False (no visible GPU, "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, torch built with "
+            f"CUDA {torch.version.cuda}); use device='cpu' or device='auto'")
+    if not uses_cuda(cfg):
+        return
+    gpus, nproc = torch.cuda.device_count(), cfg.nproc or 1
+    if nproc > gpus:
+        raise ConfigError(
+            f"nproc={nproc} local workers need one GPU each, but this node has "
+            f"torch.cuda.device_count()={gpus} (two ranks on one GPU make NCCL abort with "
+            f"'Duplicate GPU detected'). Use device='cpu', or fewer workers per node "
+            f"(nproc <= {gpus}; for paso/optex P = nproc*nnodes, so a smaller P or more nodes). "
+            f"Several window positions per rank (positions_per_rank, PASO on any number of "
+            f"devices) is planned but not available yet")
 
 
 def pick_device(cfg: RunConfig, local_rank: int) -> torch.device:
-    """CUDA (one GPU per local rank) when available and allowed, else CPU."""
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if use_cuda:
+    """CUDA (GPU ``local_rank``, one GPU per local rank) when available and allowed, else CPU.
+
+    Never wraps around (``local_rank % count``): sharing a GPU makes NCCL abort; the
+    launcher's :func:`check_devices` rejects such runs earlier, this is the backstop.
+    """
+    if uses_cuda(cfg):
         if not torch.cuda.is_available():
             raise RuntimeError("device='cuda' was asked for but torch.cuda.is_available() is False")
-        index = local_rank % torch.cuda.device_count()
-        torch.cuda.set_device(index)
-        return torch.device("cuda", index)
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise RuntimeError(f"local rank {local_rank} has no GPU of its own: only {count} visible "
+                               f"(one GPU per rank; use device='cpu' or at most {count} workers per node)")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
 

@@ -2,11 +2,13 @@
 
 Failures come back as :class:`WorkerFailed` naming the rank and the tail of its log; a
 run that prints nothing for ``stall_timeout_s`` is killed and reported as stalled, so a
-notebook never hangs on a lost collective.
+notebook never hangs on a lost collective. SIGTERM, SIGHUP or SIGINT sent to the launcher
+stop torchrun and every worker, keep the partial run and raise :class:`RunInterrupted`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,10 +19,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from .config import RunConfig, validate
 from .context import PROGRESS_TAG
+from .distributed import check_devices
 from .runs import RunResult, jsonl_to_csv, load_run, run_dir_for
 
 
@@ -40,6 +43,23 @@ class WorkerFailed(RunError):
 
 class NonFiniteLossError(WorkerFailed):
     """The loss became NaN/inf; metrics up to that point are in ``path``."""
+
+
+class RunInterrupted(RunError):
+    """The launcher got SIGTERM/SIGHUP/SIGINT: workers are stopped, the partial run is in ``path``.
+
+    A dedicated class so sweeps that catch :class:`RunError` to go on with the next run can
+    still tell "the user or scheduler wants us to stop" apart from "this run failed".
+    ``signal`` is the :class:`signal.Signals` received; ``exit_code`` is the shell's 128+signum.
+    """
+
+    def __init__(self, message: str, path: Path, sig: signal.Signals, rows: int) -> None:
+        super().__init__(message, path)
+        self.signal, self.rows = sig, rows
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signal)
 
 
 def torchrun_command(cfg: RunConfig, config_path: Path) -> list[str]:
@@ -169,37 +189,213 @@ def _torchrun_exits(path: Path) -> list[tuple[int, int]]:
         seen.setdefault(int(rank), int(code))
     return list(seen.items())
 
+# ----------------------------------------------------------------- stopping the process tree
+_GRACE_S = 5.0  # SIGTERM -> SIGKILL; workers die on SIGTERM at once, torchrun within ~1 s
+_STALL_GRACE_S = 10.0
+
+
+def _proc_stat(pid: int) -> tuple[int, str, int] | None:
+    """(ppid, state, start time) from ``/proc/<pid>/stat``; None when the pid is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(")") + 2:].split()  # the command name may contain spaces and ')'
+    return int(fields[1]), fields[0], int(fields[19])
+
+
+def descendants(root: int) -> dict[int, int | None]:
+    """Every live descendant of ``root`` as ``{pid: start time}`` (start time guards pid reuse).
+
+    Walks the parent links of all processes rather than the process group: torchrun starts
+    each worker in a session of its own, so the workers are not in torchrun's group.
+    """
+    parents: dict[int, list[int]] = {}
+    starts: dict[int, int | None] = {}
+    if Path("/proc/self/stat").exists():
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit() and (stat := _proc_stat(int(entry.name))) is not None:
+                parents.setdefault(stat[0], []).append(int(entry.name))
+                starts[int(entry.name)] = stat[2]
+    else:  # macOS: no /proc
+        out = subprocess.run(["ps", "-A", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            pid, ppid = (int(v) for v in line.split())
+            parents.setdefault(ppid, []).append(pid)
+            starts[pid] = None
+    found: dict[int, int | None] = {}
+    todo = [root]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in found:
+                found[child] = starts.get(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int, start: int | None = None) -> bool:
+    """Whether ``pid`` still runs (zombies count as gone; a reused pid does not match ``start``)."""
+    if Path("/proc/self/stat").exists():
+        stat = _proc_stat(pid)
+        return stat is not None and stat[1] not in ("Z", "X") and (start is None or stat[2] == start)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_tree(proc: subprocess.Popen, tree: dict[int, int | None], sig: signal.Signals) -> None:
+    leader = [(proc.pid, None)] if proc.poll() is None else []  # a reaped pid may be reused
+    for target, start in [*leader, *tree.items()]:
+        if target != proc.pid and not alive(target, start):
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(target) == target:  # a group leader: also reach children it forks later
+                os.killpg(target, sig)
+            else:
+                os.kill(target, sig)
+
+
+def _stop_tree(proc: subprocess.Popen, grace_s: float, hurry: Callable[[], bool] = lambda: False) -> None:
+    """SIGTERM torchrun and every worker, SIGKILL whatever is left after ``grace_s``.
+
+    The pids are collected before anything is signalled: once torchrun is gone its workers
+    are reparented and could no longer be found, and a SIGKILLed torchrun cannot stop them
+    itself. ``hurry()`` (a second signal) skips the rest of the grace period.
+    """
+    tree = descendants(proc.pid)
+    _signal_tree(proc, tree, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and not hurry():
+        if proc.poll() is not None and not any(alive(p, s) for p, s in tree.items()):
+            break
+        time.sleep(0.05)
+    tree.update(descendants(proc.pid))
+    if proc.poll() is None or any(alive(p, s) for p, s in tree.items()):
+        _signal_tree(proc, tree, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT") if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def _catch_stop_signals(received: list[int]) -> Iterator[bool]:
+    """While launch() runs, turn SIGTERM/SIGHUP/SIGINT into a flag the launch loop checks.
+
+    torchrun runs in its own session (so a terminal's Ctrl-C does not hit the workers
+    half-way), which also means nothing stops it when the launcher dies: the launcher has
+    to do it. A flag rather than an exception, so the cleanup itself cannot be cut short.
+    Python only allows handlers in the main thread: elsewhere nothing is installed and the
+    old behaviour stays. A signal that was ignored (``nohup``, ``cmd &``) stays ignored, and
+    the previous handlers are restored afterwards. Yields whether handlers were installed.
+    """
+    previous: dict[int, Any] = {}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
+
+    try:
+        if threading.current_thread() is threading.main_thread():
+            for sig in _STOP_SIGNALS:
+                old = signal.getsignal(sig)
+                if old is None or old == signal.SIG_IGN:  # None: set from C, could not be restored
+                    continue
+                previous[sig] = signal.signal(sig, on_signal)
+        yield bool(previous)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _read_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of ``metrics.jsonl``, skipping a last line torn by the kill."""
+    path = run_dir / "metrics.jsonl"
+    rows = []
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                if line.strip():
+                    rows.append(json.loads(line))
+    return rows
+
+
+def _last(rows: list[dict[str, Any]], key: str) -> Any:
+    return next((row[key] for row in reversed(rows) if row.get(key) is not None), None)
+
+
+def _keep_partial_run(cfg: RunConfig, run_dir: Path, sig: signal.Signals, wall_s: float) -> int:
+    """Write ``metrics.csv`` and an ``"interrupted"`` ``summary.json``; returns the row count.
+
+    A summary the workers already wrote (the run finished as the signal came) is kept.
+    """
+    rows = _read_rows(run_dir)
+    if rows:
+        import pandas as pd
+
+        pd.DataFrame(rows).to_csv(run_dir / "metrics.csv", index=False)
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        summary = {
+            "status": "interrupted", "signal": sig.name, "method": cfg.method, "task": cfg.task,
+            "world_size": cfg.world_size, "rows": len(rows), "steps_planned": cfg.steps,
+            "iterations": _last(rows, "iteration"),
+            "last_step": _last(rows, "steps_done") if _last(rows, "steps_done") is not None else _last(rows, "step"),
+            "grad_evals": _last(rows, "grad_evals"), "last_train_loss": _last(rows, "train_loss"),
+            "wall_time_s": wall_s, "checkpoint_kept": (run_dir / "checkpoint").is_dir(),
+        }
+        summary_path.write_text(json.dumps(summary, indent=2, default=str))
+    return len(rows)
+
 
 def launch(cfg: RunConfig) -> RunResult:
-    """Validate ``cfg``, run it under torchrun and return its :class:`RunResult`."""
+    """Validate ``cfg``, run it under torchrun and return its :class:`RunResult`.
+
+    On SIGTERM/SIGHUP/SIGINT (main thread only) the process tree is stopped within a few
+    seconds, the partial run is kept, one line naming it goes to stderr (printed here, not
+    left to the caller, so a script or sweep that catches the error still tells the user
+    where the run is) and :class:`RunInterrupted` is raised.
+    """
+    started = time.monotonic()
     cfg = validate(cfg)
+    check_devices(cfg)
     run_dir = _prepare_run_dir(cfg)
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     env.setdefault("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
-    proc = subprocess.Popen(torchrun_command(cfg, run_dir / "config.json"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
-    progress = _Progress(cfg.progress, f"{cfg.method}/{cfg.task}")
-    last_seen = [time.monotonic()]
-    reader = threading.Thread(target=_follow, args=(proc, run_dir / "logs" / "launcher.log", progress,
-                                                     last_seen), daemon=True)
-    reader.start()
+    received: list[int] = []
     stalled = False
-    try:
-        while proc.poll() is None:
-            time.sleep(0.2)
-            if time.monotonic() - last_seen[0] > cfg.stall_timeout_s:
-                stalled = True
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-    except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGTERM)
-        raise
-    finally:
-        reader.join(timeout=5)
-        progress.close()
+    with _catch_stop_signals(received):
+        proc = subprocess.Popen(torchrun_command(cfg, run_dir / "config.json"), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+        progress = _Progress(cfg.progress, f"{cfg.method}/{cfg.task}")
+        last_seen = [time.monotonic()]
+        reader = threading.Thread(target=_follow, args=(proc, run_dir / "logs" / "launcher.log", progress,
+                                                         last_seen), daemon=True)
+        reader.start()
+        try:
+            while proc.poll() is None and not received:
+                time.sleep(0.2)
+                if time.monotonic() - last_seen[0] > cfg.stall_timeout_s and not received:
+                    stalled = True
+                    _stop_tree(proc, _STALL_GRACE_S, hurry=lambda: bool(received))
+            if received:
+                _stop_tree(proc, _GRACE_S, hurry=lambda: len(received) > 1)
+        except BaseException:  # KeyboardInterrupt off the main thread's handler, or a bug: no orphans
+            _stop_tree(proc, _GRACE_S)
+            raise
+        finally:
+            reader.join(timeout=5)
+            progress.close()
+    if received:
+        sig = signal.Signals(received[0])
+        rows = _keep_partial_run(cfg, run_dir, sig, time.monotonic() - started)
+        message = f"interrupted by {sig.name}: partial run kept in {run_dir} ({rows} metric rows)"
+        print(message, file=sys.stderr, flush=True)
+        raise RunInterrupted(message, run_dir, sig, rows)
     if stalled:
         jsonl_to_csv(run_dir)
         raise RunError(f"run stalled: no output for {cfg.stall_timeout_s:.0f}s; killed. "

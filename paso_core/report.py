@@ -115,10 +115,11 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g", missing: str = "") -> s
 
 def save_table(df: pd.DataFrame, name: str, config: Mapping[str, Any] | None = None, *,
                root: str | Path | None = None, title: str | None = None,
-               notes: str | None = None) -> tuple[Path, Path]:
+               notes: str | None = None, md_columns: Sequence[str] | None = None) -> tuple[Path, Path]:
     """Write ``df`` to ``<artifacts>/tables/<name>.csv`` and ``.md`` (+ ``.json`` config).
 
-    The Markdown file carries an optional title and notes so it reads on its own.
+    The Markdown file carries an optional title and notes so it reads on its own, and only
+    ``md_columns`` when given (the columns a reader compares; the CSV keeps them all).
     Returns ``(csv_path, md_path)``.
     """
     folder = Path(root) if root is not None else artifacts_root() / "tables"
@@ -129,7 +130,7 @@ def save_table(df: pd.DataFrame, name: str, config: Mapping[str, Any] | None = N
     parts = [f"# {title}\n"] if title else []
     if notes:
         parts.append(notes.strip() + "\n")
-    parts.append(to_markdown(df) + "\n")
+    parts.append(to_markdown(df[list(md_columns)] if md_columns else df) + "\n")
     md.write_text("\n".join(parts))
     _write_config(folder / f"{name}.json", config, "table", [csv, md])
     return csv, md

@@ -29,6 +29,8 @@ BENCHMARKS: dict[str, dict[str, list[str]]] = {
         "paper": ["--dim", "10000000", "--steps", "1000", "--relay"],
     },
     "vision_pipeline": {"smoke": ["--seconds", "0.5"], "default": [], "paper": []},
+    # the script's defaults are the seed's OptEx benchmark (about a minute on 2 cores)
+    "paso_seed_reference": {"smoke": ["--dim", "2000", "--steps", "100", "--P", "4"], "default": [], "paper": []},
 }
 
 

@@ -44,12 +44,12 @@ def _write_failure(run_dir: Path, rank: int, kind: str, message: str) -> None:
 
 
 def inject_fault(ctx: WorkerContext) -> None:
-    """Test hook: ``extra={"inject_fault": {"rank": r, "kind": "raise"|"exit"|"hang"}}``.
+    """Test hook: ``inject_fault={"rank": r, "kind": "raise"|"exit"|"hang"}`` (a validated option).
 
     Lets the test suite prove that a crashed or stalled worker is reported with its rank
     and log tail instead of hanging the launcher.
     """
-    fault = ctx.cfg.extra.get("inject_fault")
+    fault = ctx.cfg.inject_fault
     if not fault or int(fault.get("rank", -1)) != ctx.rank:
         return
     kind = fault.get("kind", "raise")

@@ -220,8 +220,34 @@ def test_missing_cifar_falls_back_to_digits_loudly(tmp_path: Path) -> None:
 
 def test_incomplete_cifar_falls_back_and_names_the_missing_files(tmp_path: Path) -> None:
     write_cifar_layout(tmp_path, skip=("test_batch",))
-    choice = cifar.resolve_dataset({"dataset": "cifar10", "data_root": str(tmp_path), "download": False})
-    assert choice.fallback and "test_batch" in choice.message
+    choice = cifar.resolve_dataset({"dataset": "cifar10", "data_root": str(tmp_path), "download": False,
+                                    "scale": "default"})
+    assert choice.fallback and "missing test_batch" in choice.message
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_paper_scale_without_cifar_is_an_error(download: bool, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """At paper scale hours of digits training would pass for the paper's run: stop with the fix."""
+    def offline(root: Any) -> None:
+        raise RuntimeError("downloading CIFAR-10 failed (URLError: no network)")
+
+    def no_process(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("no run may start")
+
+    monkeypatch.setattr("paso_core.tasks.vision_data._download_cifar10", offline)
+    monkeypatch.setattr("subprocess.Popen", no_process)
+    write_cifar_layout(tmp_path, skip=("data_batch_3",))
+    with pytest.raises(ConfigError, match="scale='paper' runs on CIFAR-10, but .*missing data_batch_3") as err:
+        cifar.prepare({"data_root": str(tmp_path), "download": download}, scale="paper")
+    assert "-p data_root" in str(err.value) and "-p scale default" in str(err.value)
+    assert ("downloading it failed" in str(err.value)) == download
+    with pytest.raises(ConfigError, match="scale=None runs on CIFAR-10"):  # only named scales may fall back
+        cifar.resolve_dataset({"dataset": "cifar10", "data_root": str(tmp_path), "download": False})
+
+
+def test_fallback_only_at_smoke_and_default_scale() -> None:
+    assert cifar.FALLBACK_SCALES == ("smoke", "default") and set(cifar.PRESETS) == {"smoke", "default", "paper"}
 
 
 def test_failed_download_falls_back_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -229,7 +255,8 @@ def test_failed_download_falls_back_and_says_why(tmp_path: Path, monkeypatch: py
         raise RuntimeError("downloading CIFAR-10 failed (URLError: no network)")
 
     monkeypatch.setattr("paso_core.tasks.vision_data._download_cifar10", offline)
-    choice = cifar.resolve_dataset({"dataset": "cifar10", "data_root": str(tmp_path), "download": True})
+    choice = cifar.resolve_dataset({"dataset": "cifar10", "data_root": str(tmp_path), "download": True,
+                                    "scale": "smoke"})
     assert choice.fallback and choice.dataset == "digits"
     assert "downloading it failed" in choice.message and "no network" in choice.message
 
@@ -394,8 +421,8 @@ def test_notebook_matches_its_builder_and_has_a_parameters_cell() -> None:
         "run python notebooks/build_cifar_paso.py"
     tagged = [c for c in on_disk.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1
-    names = {line.split("=")[0].strip() for line in tagged[0].source.splitlines()
-             if "=" in line and not line.startswith("#")}
+    translators = pytest.importorskip("papermill.translators")
+    names = {p.name for p in translators.PythonTranslator.inspect(tagged[0])}  # what papermill sees
     assert names == set(cifar.PARAMETERS) | {"scale"}
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 import paso_core
 from paso_core.__main__ import main as cli_main
+from paso_core.__main__ import build_parser
 from paso_core.config import ConfigError, RunConfig, validate
 
 BAD = [
@@ -31,8 +37,38 @@ BAD = [
     ({"method": "optex", "P": 2, "history": 1}, "history=1"),
     ({"method": "optex", "P": 2, "lengthscale": 0.0}, "lengthscale=0.0"),
     ({"method": "optex", "P": 2, "noise": -1e-3}, "noise=-0.001"),
-    ({"nnodes": 2}, "rdzv_endpoint"),
+    ({"method": "naive_dp", "nnodes": 2}, "rdzv_endpoint"),
     ({"lr": float("nan")}, "lr=nan"),
+    # serial is one process: extra ranks would only idle
+    ({"nproc": 2}, "method='serial' runs one process.*nproc=2.*nproc=1.*naive_dp, ddp"),
+    ({"method": "serial", "nnodes": 2, "rdzv_endpoint": "h:1"}, "method='serial' runs one process.*nnodes=2"),
+    # text options, once unchecked extra={...} keys
+    ({"task": "text", "block_size": 5000}, "block_size=5000 is larger than the context of model='gpt2-tiny' "
+                                           "\\(1024 positions\\)"),
+    ({"task": "text", "model": "gpt2", "n_positions": 64}, "block_size=128 .*model='gpt2' \\(64 positions\\)"),
+    ({"task": "text", "n_positions": 0}, "n_positions=0"),
+    ({"task": "text", "vocab_size": 100}, "vocab_size=100.*>= 257"),
+    ({"attn_implementation": "flash"}, "attn_implementation='flash'.*sdpa, eager"),
+    ({"dtype": "fp8"}, "dtype='fp8'.*float32, bfloat16, float16, auto"),
+    ({"task": "text", "dtype": "auto"}, "dtype='auto'.*'local' or 'modelscope'.*float32, bfloat16, float16"),
+    ({"eval_test": "yes"}, "eval_test='yes'.*True or False"),
+    ({"keep_dropout": 1}, "keep_dropout=1.*True or False"),
+    ({"modelscope_cache": 3}, "modelscope_cache=3"),
+    # PASO's trajectory initialisation
+    ({"method": "paso", "init": "bogus"}, "init='bogus'.*copy, extrapolate, trajectory"),
+    ({"method": "paso", "init": "trajectory"}, "init='trajectory' needs init_trajectory"),
+    ({"method": "paso", "init": "trajectory", "init_trajectory": "/no/such.pt"},
+     "init_trajectory='/no/such.pt' is not a file"),
+    ({"method": "paso", "init_trajectory": "/no/such.pt"}, "init_trajectory='/no/such.pt' is only read with "
+                                                          "init='trajectory' \\(got init='copy'\\)"),
+    # the worker's fault-injection hook
+    ({"method": "naive_dp", "nproc": 2, "inject_fault": {"rank": 2, "kind": "raise"}}, "inject_fault rank=2.*0..1"),
+    ({"inject_fault": {"rank": 0, "kind": "explode"}}, "kind='explode'.*raise, exit, hang"),
+    ({"inject_fault": {"rank": 0, "when": 3}}, "inject_fault=.*is not valid"),
+    ({"inject_fault": {"kind": "raise"}}, "inject_fault=.*is not valid"),
+    # extra={...} only carries the options it once did, now mapped onto the declared fields
+    ({"extra": {"a": 1}}, "unknown extra option.*'a'.*n_positions, vocab_size"),
+    ({"extra": {"n_positions": 32}, "n_positions": 64}, "n_positions is given twice"),
 ]
 
 
@@ -44,6 +80,140 @@ def test_bad_input_is_rejected_before_launch(options: dict, message: str, monkey
     monkeypatch.setattr("subprocess.Popen", no_process)
     with pytest.raises(ConfigError, match=message):
         paso_core.run(**{"method": "serial", "task": "synthetic", **options})
+
+
+def _forbid_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_process(*args, **kwargs):
+        raise AssertionError("validation must happen before any process starts")
+
+    monkeypatch.setattr("subprocess.Popen", no_process)
+
+
+def _write_cifar(root: Path, names: tuple[str, ...]) -> None:
+    directory = root / "cifar-10-batches-py"
+    directory.mkdir(parents=True)
+    for name in names:
+        (directory / name).write_bytes(b"")  # validation checks that files exist, not their content
+
+
+def _write_model_config(directory: Path, **config: object) -> str:
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps({"model_type": "gpt2", **config}))
+    return str(directory)
+
+
+CIFAR_ALL = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+WIKI_ALL = ("wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens")
+
+
+def _data_case(case: str, root: Path) -> tuple[dict, str]:
+    """Options whose data_root or model_dir is bad in the named way, and the expected message."""
+    vision = {"task": "vision", "dataset": "cifar10", "data_root": str(root)}
+    text = {"task": "text", "dataset": "wikitext2", "data_root": str(root)}
+    if case == "cifar empty":
+        return vision, "does not hold CIFAR-10: CIFAR-10 not found.*cifar-10-batches-py.*download=True"
+    if case == "cifar incomplete":
+        _write_cifar(root, ("data_batch_1", "batches.meta"))
+        return vision, "incomplete: missing data_batch_2, data_batch_3, data_batch_4, data_batch_5, test_batch\\."
+    if case == "wikitext empty":
+        return text, "does not hold WikiText-2: WikiText-2 not found; looked for .*wiki.train.tokens"
+    if case == "wikitext incomplete":
+        for name in ("wiki.train.tokens", "wiki.test.tokens"):
+            (root / name).write_text(" = A = \n")
+        return text, "incomplete: .*wiki.valid.tokens missing"
+    if case == "local context":
+        model_dir = _write_model_config(root / "m", n_positions=32, n_ctx=32)
+        return {"task": "text", "model": "local", "model_dir": model_dir, "block_size": 64}, \
+            "block_size=64 is larger than the context of model='local' \\(32 positions\\)"
+    if case == "local context (llama keys)":
+        model_dir = _write_model_config(root / "m", max_position_embeddings=100)
+        return {"task": "text", "model": "local", "model_dir": model_dir, "block_size": 128}, "100 positions"
+    if case == "local without config.json":
+        (root / "m").mkdir()
+        return {"task": "text", "model": "local", "model_dir": str(root / "m")}, "has no config.json"
+    raise AssertionError(case)
+
+
+DATA_CASES = ["cifar empty", "cifar incomplete", "wikitext empty", "wikitext incomplete", "local context",
+              "local context (llama keys)", "local without config.json"]
+
+
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_bad_data_or_model_dir_is_rejected_before_launch(case: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    options, message = _data_case(case, tmp_path)
+    _forbid_processes(monkeypatch)
+    with pytest.raises(ConfigError, match=message):
+        paso_core.run(**{"method": "serial", **options})
+
+
+def test_complete_data_passes_and_download_skips_the_file_check(tmp_path: Path) -> None:
+    _write_cifar(tmp_path / "full", CIFAR_ALL)
+    validate(RunConfig(task="vision", dataset="cifar10", data_root=str(tmp_path / "full")))
+    validate(RunConfig(task="vision", dataset="cifar10", data_root=str(tmp_path / "full" / "cifar-10-batches-py")))
+    (tmp_path / "empty").mkdir()
+    validate(RunConfig(task="vision", dataset="cifar10", data_root=str(tmp_path / "empty"), download=True))
+    validate(RunConfig(task="text", dataset="wikitext2", data_root=str(tmp_path / "empty"), download=True))
+    for name in WIKI_ALL:
+        (tmp_path / "wiki" / "wikitext-2-raw").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "wiki" / "wikitext-2-raw" / name).write_text(" = A = \n")
+    validate(RunConfig(task="text", dataset="wikitext2", data_root=str(tmp_path / "wiki")))
+    model_dir = _write_model_config(tmp_path / "m", n_positions=32)
+    validate(RunConfig(task="text", model="local", model_dir=model_dir, block_size=32, dtype="auto"))
+    validate(RunConfig(task="text", model="gpt2-tiny", n_positions=2048, block_size=2048))
+
+
+def test_trajectory_init_accepts_an_existing_file(tmp_path: Path) -> None:
+    path = tmp_path / "trajectory.pt"
+    path.write_bytes(b"")
+    cfg = validate(RunConfig(method="paso", P=2, steps=4, init="trajectory", init_trajectory=str(path)))
+    assert cfg.init_trajectory == str(path)
+
+
+def test_validation_imports_no_torch(tmp_path: Path) -> None:
+    """config and the file checks it runs stay torch-free (paso_core/__init__ imports torch
+    for the launcher, so the package is stubbed here and torch is made unimportable)."""
+    _write_cifar(tmp_path, CIFAR_ALL)
+    code = f"""
+import sys, types
+sys.modules["torch"] = None  # any "import torch" now fails
+package = types.ModuleType("paso_core")
+package.__path__ = [{str(Path(paso_core.__file__).parent)!r}]
+sys.modules["paso_core"] = package
+from paso_core.config import RunConfig, validate
+validate(RunConfig(task="vision", dataset="cifar10", data_root={str(tmp_path)!r}))
+validate(RunConfig(task="text", block_size=64))
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_defaults_of_the_former_extra_options() -> None:
+    """The options that used to be read from extra={...} keep the defaults they had there."""
+    cfg = RunConfig()
+    assert (cfg.n_positions, cfg.vocab_size, cfg.eval_test, cfg.keep_dropout, cfg.attn_implementation,
+            cfg.dtype, cfg.modelscope_cache, cfg.inject_fault, cfg.init_trajectory) == \
+        (1024, 4096, True, False, "sdpa", "float32", None, None, None)
+
+
+def test_legacy_extra_maps_onto_declared_options() -> None:
+    fault = {"rank": 1, "kind": "exit"}
+    cfg = RunConfig.from_dict({"method": "naive_dp", "extra": {"n_positions": 32, "inject_fault": fault}})
+    assert cfg.n_positions == 32 and cfg.inject_fault == fault
+    assert RunConfig.from_dict({"extra": {}}) == RunConfig.from_dict({"extra": None}) == RunConfig()
+    assert RunConfig.from_dict({"n_positions": 32, "extra": {"n_positions": 32}}).n_positions == 32
+    with pytest.raises(ConfigError, match="extra=3 is not valid"):
+        RunConfig.from_dict({"extra": 3})
+
+
+def test_cli_has_a_flag_for_every_new_option() -> None:
+    args = vars(build_parser().parse_args([
+        "run", "--n-positions", "64", "--vocab-size", "512", "--no-eval-test", "--keep-dropout",
+        "--attn-implementation", "eager", "--dtype", "bfloat16", "--modelscope-cache", "/c",
+        "--init", "trajectory", "--init-trajectory", "t.pt"]))
+    args.pop("command")
+    assert args == {"n_positions": 64, "vocab_size": 512, "eval_test": False, "keep_dropout": True,
+                    "attn_implementation": "eager", "dtype": "bfloat16", "modelscope_cache": "/c",
+                    "init": "trajectory", "init_trajectory": "t.pt", "json": False}
 
 
 def test_unknown_option_names_the_valid_ones() -> None:
@@ -60,7 +230,8 @@ def test_defaults_resolve() -> None:
 
 
 def test_config_round_trips_through_json(tmp_path) -> None:
-    cfg = validate(RunConfig(method="paso", P=2, steps=4, betas=(0.8, 0.9), extra={"a": 1}))
+    cfg = validate(RunConfig(method="paso", P=2, steps=4, betas=(0.8, 0.9), n_positions=64, eval_test=False,
+                             inject_fault={"rank": 1, "kind": "exit"}))
     cfg.to_json(tmp_path / "c.json")
     assert RunConfig.from_json(tmp_path / "c.json") == cfg
 

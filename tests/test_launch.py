@@ -16,7 +16,7 @@ TINY = dict(task="synthetic", function="sphere", dim=64, steps=6, progress=False
 
 def test_exception_on_one_rank_names_that_rank() -> None:
     with pytest.raises(WorkerFailed) as info:
-        paso_core.run(method="paso", P=2, extra={"inject_fault": {"rank": 1, "kind": "raise"}}, **TINY)
+        paso_core.run(method="paso", P=2, inject_fault={"rank": 1, "kind": "raise"}, **TINY)
     err = info.value
     assert err.rank == 1
     assert "injected failure on rank 1" in str(err)
@@ -25,7 +25,7 @@ def test_exception_on_one_rank_names_that_rank() -> None:
 
 def test_worker_killed_without_report_is_still_named() -> None:
     with pytest.raises(WorkerFailed) as info:
-        paso_core.run(method="naive_dp", nproc=2, extra={"inject_fault": {"rank": 1, "kind": "exit"}}, **TINY)
+        paso_core.run(method="naive_dp", nproc=2, inject_fault={"rank": 1, "kind": "exit"}, **TINY)
     assert info.value.rank == 1
     assert "exited with code 3" in str(info.value)
 
@@ -58,7 +58,7 @@ def test_stalled_collective_ends_within_timeout() -> None:
     tic = time.perf_counter()
     with pytest.raises(RunError) as info:
         paso_core.run(method="paso", P=2, collective_timeout_s=5, stall_timeout_s=60,
-                      extra={"inject_fault": {"rank": 1, "kind": "hang"}}, **TINY)
+                      inject_fault={"rank": 1, "kind": "hang"}, **TINY)
     assert time.perf_counter() - tic < 90
     assert "rank" in str(info.value)
 
@@ -106,3 +106,76 @@ def test_cli_runs_the_same_options(tmp_path) -> None:
     summary = json.loads(proc.stdout)
     assert summary["method"] == "paso" and summary["steps"] == 5 and summary["P"] == 2
     assert paso_core.load_run(out).config["threshold"] == 1e-4
+
+
+# ------------------------------------------------------------------ one rank per GPU
+def _fake_gpus(monkeypatch, count: int) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def _no_process(monkeypatch) -> None:
+    def no_process(*args, **kwargs):
+        raise AssertionError("the device check must happen before any process starts")
+
+    monkeypatch.setattr("subprocess.Popen", no_process)
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_more_workers_than_gpus_is_rejected_before_launch(monkeypatch, tmp_path, device: str) -> None:
+    _fake_gpus(monkeypatch, 2)
+    _no_process(monkeypatch)
+    out = tmp_path / "never"
+    with pytest.raises(paso_core.ConfigError) as info:
+        paso_core.run(method="paso", P=4, device=device, out_dir=str(out), **TINY)
+    message = str(info.value)
+    assert "nproc=4" in message and "device_count()=2" in message
+    assert "device='cpu'" in message and "nproc <= 2" in message and "positions_per_rank" in message
+    assert not out.exists()
+
+
+def test_one_worker_per_gpu_passes_the_check(monkeypatch) -> None:
+    from paso_core.distributed import check_devices
+
+    _fake_gpus(monkeypatch, 2)
+    check_devices(validate(RunConfig(method="paso", P=2, device="cuda", steps=10)))
+    check_devices(validate(RunConfig(method="paso", P=2, device="auto", steps=10)))
+
+
+def test_cpu_skips_the_device_check(monkeypatch) -> None:
+    import torch
+
+    from paso_core.distributed import check_devices
+
+    def no_cuda_query():
+        raise AssertionError("device='cpu' must not look at CUDA")
+
+    monkeypatch.setattr(torch.cuda, "is_available", no_cuda_query)
+    monkeypatch.setattr(torch.cuda, "device_count", no_cuda_query)
+    check_devices(validate(RunConfig(method="paso", P=4, device="cpu", steps=10)))
+
+
+def test_cuda_without_gpus_is_rejected_before_launch(monkeypatch) -> None:
+    _fake_gpus(monkeypatch, 0)
+    _no_process(monkeypatch)
+    with pytest.raises(paso_core.ConfigError, match="device='cuda'.*is_available\\(\\) is False.*device='cpu'"):
+        paso_core.run(method="serial", device="cuda", **TINY)
+    from paso_core.distributed import check_devices
+
+    check_devices(validate(RunConfig(method="paso", P=4, device="auto", steps=10)))  # auto: falls back to CPU
+
+
+def test_pick_device_never_shares_a_gpu(monkeypatch) -> None:
+    import torch
+
+    from paso_core.distributed import pick_device
+
+    _fake_gpus(monkeypatch, 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    cfg = RunConfig(device="cuda")
+    assert pick_device(cfg, 1) == torch.device("cuda", 1)
+    with pytest.raises(RuntimeError, match="local rank 2 has no GPU of its own: only 2 visible"):
+        pick_device(cfg, 2)
+    assert pick_device(RunConfig(device="cpu"), 5) == torch.device("cpu")

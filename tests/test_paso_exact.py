@@ -1,10 +1,16 @@
-"""PASO with threshold 0 and a fixed tolerance reproduces serial training exactly.
+"""PASO with threshold 0 and a fixed tolerance reproduces serial training bit for bit.
 
-The reference is computed here, in-process, with ``torch.optim`` and the task's own data
-(not by the ``serial`` method), so the check is independent of the code under test.
+Why bitwise holds on any machine: PASO's window start steps with ``torch.optim``'s own
+``step()`` after ``clip_grad_norm_`` on the model's gradients, on parameters of the same
+shapes and alignment, with the same thread count (one per worker here). The reference is
+computed in this process with ``torch.optim`` and the task's own data (not by the
+``serial`` method), so the check is independent of the code under test.
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator
 
 import pytest
 import torch
@@ -15,25 +21,52 @@ from paso_core.optim.updates import OptimSpec, lr_at, make_torch_optimizer, set_
 from paso_core.tasks import build_task
 
 OPTIMIZERS = ["sgd", "momentum", "adam", "adamw"]
+#: Every case warms up, decays (cosine) and clips (the clip is below the first gradient norms).
 TASKS = {
-    "synthetic": dict(task="synthetic", function="ackley", dim=300, steps=14, lr=0.02),
-    "digits": dict(task="vision", dataset="digits", model="cnn", steps=10, batch_size=32, lr=0.01),
+    "synthetic": dict(task="synthetic", function="ackley", dim=300, steps=14, lr=0.02, grad_clip=0.2),
+    "digits": dict(task="vision", dataset="digits", model="cnn", steps=10, batch_size=32, lr=0.01,
+                   grad_clip=0.25),
 }
+SCHEDULE = dict(lr_schedule="cosine", warmup_steps=3, threads_per_worker=1)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def reference_trajectory(options: dict) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """Plain serial training with torch.optim, written independently of paso_core.methods.
+
+    Returns the final state dict and the parameters (concatenated) before every step and
+    after the last, on as many threads as one worker uses.
+    """
+    cfg = validate(RunConfig(method="serial", **options))
+    with torch_threads(cfg.threads_per_worker or 1):
+        task = build_task(cfg, torch.device("cpu"))
+        model = task.build_model()
+        spec = OptimSpec.from_config(cfg)
+        optimizer = make_torch_optimizer(spec, model.parameters())
+        rows = []
+        for step in range(cfg.steps):
+            rows.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+            optimizer.zero_grad()
+            task.loss(model, task.train_batch(step), step).backward()
+            if spec.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+            set_lr(optimizer, lr_at(spec, step))
+            optimizer.step()
+        rows.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, rows
 
 
 def reference_parameters(options: dict) -> dict[str, torch.Tensor]:
-    """Plain serial training with torch.optim, written independently of paso_core.methods."""
-    cfg = validate(RunConfig(method="serial", **options))
-    task = build_task(cfg, torch.device("cpu"))
-    model = task.build_model()
-    spec = OptimSpec.from_config(cfg)
-    optimizer = make_torch_optimizer(spec, model.parameters())
-    for step in range(cfg.steps):
-        optimizer.zero_grad()
-        task.loss(model, task.train_batch(step), step).backward()
-        set_lr(optimizer, lr_at(spec, step))
-        optimizer.step()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return reference_trajectory(options)[0]
 
 
 def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -41,25 +74,79 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+def relative_l2(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """``||a - b|| / ||a||`` over all weights together.
+
+    Why not an elementwise maximum: Adam divides by ``sqrt(v) + eps``, so an element whose
+    gradient is near ``eps`` turns a rounding-level change of its gradient into a step of
+    up to ``lr``; a handful of such elements say nothing about the trajectory as a whole.
+    """
+    assert a.keys() == b.keys()
+    num = sum(float((a[k].double() - b[k].double()).square().sum()) for k in a)
+    den = sum(float(a[k].double().square().sum()) for k in a)
+    return (num / den) ** 0.5
+
+
+#: When threshold 0 accepts more than one step (a guess that equals the rolled-out iterate
+#: bit for bit, which extrapolated guesses sometimes do), the accepted steps come from the
+#: scan and match serial to float32 rounding only: relative L2 bound for that case.
+ROUNDING_RTOL = 1e-6
+
+
+def assert_equals_serial(reference: dict[str, torch.Tensor], final: dict[str, torch.Tensor],
+                         summary: dict, label: str = "") -> None:
+    """Bitwise when every step was the exact torch.optim step (K = T), else to rounding."""
+    if summary["iterations"] == summary["steps"]:
+        assert max_abs_diff(reference, final) == 0.0, f"{label}: PASO differs from serial"
+    else:
+        assert relative_l2(reference, final) <= ROUNDING_RTOL, f"{label}: PASO differs from serial"
+
+
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("task_name", list(TASKS))
-def test_paso_threshold_zero_equals_serial(task_name: str, optimizer: str) -> None:
-    options = dict(TASKS[task_name], optimizer=optimizer, lr_schedule="cosine", seed=3, progress=False)
+def test_paso_threshold_zero_equals_serial_bitwise(task_name: str, optimizer: str) -> None:
+    options = dict(TASKS[task_name], **SCHEDULE, optimizer=optimizer, seed=3, progress=False)
     reference = reference_parameters(options)
     for workers in (2, 4):
         result = paso_core.run(method="paso", P=workers, threshold=0.0, ema_decay=1.0, **options)
         final = torch.load(result.path / "final.pt", weights_only=True)
-        diff = max_abs_diff(reference, final)
-        assert diff <= 1e-5, f"P={workers}: max |paso - serial| = {diff}"
         summary = result.summary
         assert summary["steps"] == options["steps"]
-        assert 1 <= summary["iterations"] <= options["steps"]
+        assert_equals_serial(reference, final, summary, f"P={workers}")
         assert summary["grad_evals"] >= summary["steps"]
         assert summary["speedup"] == pytest.approx(summary["steps"] / summary["iterations"])
 
 
+#: Float32 bound for a trajectory that went through the prefix scan: the scan composes the
+#: same affine maps in another order, so each accepted window rounds differently from the
+#: sequential steps (and the next window's first gradient is taken at that point); bounded
+#: in relative L2 over all weights after 24 steps (measured here: 1e-7 for SGD and momentum,
+#: 2e-7 for Adam, 2.4e-5 for AdamW; the test prints its value).
+SCAN_RTOL = 1e-3
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_converged_guesses_are_accepted_a_window_at_a_time(optimizer: str, tmp_path) -> None:
+    """Guesses seeded from the serial trajectory converge at once: the scan's iterates are
+    accepted ``P`` steps per iteration (``K = ceil(T/P)``) and the run ends on serial's
+    weights. A wrong scan (e.g. step index off by one) makes the errors large, so every
+    iteration accepts one step and ``K = T``."""
+    options = dict(TASKS["digits"], **SCHEDULE, steps=24, optimizer=optimizer, seed=1, progress=False)
+    reference, rows = reference_trajectory(options)
+    torch.save(torch.stack(rows), tmp_path / "trajectory.pt")
+    P = 4
+    result = paso_core.run(method="paso", P=P, threshold=1e-6, ema_decay=1.0, init="trajectory",
+                           init_trajectory=str(tmp_path / "trajectory.pt"), **options)
+    metrics = result.metrics
+    assert result.summary["iterations"] == -(-options["steps"] // P), list(metrics["accepted"])
+    final = torch.load(result.path / "final.pt", weights_only=True)
+    diff = relative_l2(reference, final)
+    print(f"{optimizer}: ||paso - serial|| / ||serial|| = {diff:.3g} after K = {result.summary['iterations']}")
+    assert diff <= SCAN_RTOL
+
+
 def test_serial_method_matches_reference() -> None:
-    options = dict(TASKS["digits"], optimizer="adam", lr_schedule="cosine", seed=3, progress=False)
+    options = dict(TASKS["digits"], **SCHEDULE, optimizer="adam", seed=3, progress=False)
     result = paso_core.run(method="serial", **options)
     final = torch.load(result.path / "final.pt", weights_only=True)
     assert max_abs_diff(reference_parameters(options), final) == 0.0

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from paso_core.config import RunConfig, validate
+from paso_core.config import ConfigError, RunConfig, validate
 from paso_core.tasks import text_data as td
 from paso_core.tasks import text_models as tm
 from paso_core.tasks.text import TextTask
@@ -168,7 +168,7 @@ def test_text_task_on_wikitext_files(tmp_path):
     lines = WIKI_LINES * 20
     write_tokens(tmp_path, lines)
     t = TextTask(text_cfg(dataset="wikitext2", data_root=str(tmp_path), block_size=16, batch_size=4,
-                          extra={"vocab_size": 300}), CPU)
+                          vocab_size=300), CPU)
     assert "WikiText-2" in t.describe()["source"] and t.vocab_size == 300
     assert math.isfinite(t.evaluate(t.build_model())["val_ppl"])
 
@@ -194,10 +194,23 @@ def test_tokenizer_without_eos_is_an_error():
 
 # ---------------------------------------------------------------------------- models
 def test_block_size_larger_than_context():
-    with pytest.raises(ValueError, match=r"block_size=2048.*1024"):
-        TextTask(text_cfg(block_size=2048), CPU)
+    """Rejected by validate before any launch, and by the task itself for a config that skipped it."""
+    with pytest.raises(ConfigError, match=r"block_size=2048.*1024"):
+        text_cfg(block_size=2048)
+    with pytest.raises(ConfigError, match=r"block_size=64.*32"):
+        text_cfg(n_positions=32)
     with pytest.raises(ValueError, match=r"block_size=64.*32"):
-        TextTask(text_cfg(extra={"n_positions": 32}), CPU)
+        TextTask(RunConfig(task="text", dataset="pydoc", model="gpt2-tiny", block_size=64, n_positions=32), CPU)
+    assert tm.lm_config(text_cfg(n_positions=64), vocab_size=300).n_positions == 64
+
+
+def test_model_options_reach_the_model():
+    assert tm.model_dtype(RunConfig()) is torch.float32
+    assert tm.model_dtype(RunConfig(dtype="bfloat16")) is torch.bfloat16
+    assert tm.model_dtype(RunConfig(task="text", model="local", dtype="auto")) == "auto"
+    model = tm.build_lm(text_cfg(attn_implementation="eager", dtype="float16"), vocab_size=300)
+    assert model.config._attn_implementation == "eager"
+    assert next(model.parameters()).dtype == torch.float16
 
 
 def test_gpt2_configs_have_no_dropout():
@@ -232,6 +245,8 @@ def test_local_pretrained_model(tmp_path, task):
     for (name, p), q in zip(model.state_dict().items(), saved.state_dict().values()):
         assert torch.equal(p, q), name
     assert model.config.resid_pdrop == 0.0  # dropout zeroed on load
+    kept = tm.lm_config(text_cfg(model="local", model_dir=str(tmp_path), keep_dropout=True), 0, str(tmp_path))
+    assert kept.resid_pdrop == 0.1
     assert t.describe()["tokenizer"].startswith("pretrained")
     assert t.parameter_count() == sum(p.numel() for p in saved.parameters())
     loss = t.loss(model, t.train_batch(0), 0)
@@ -240,8 +255,11 @@ def test_local_pretrained_model(tmp_path, task):
 
 def test_local_model_context_and_eos_checks(tmp_path, task):
     save_local_model(tmp_path / "short", task, n_positions=32)
-    with pytest.raises(ValueError, match=r"block_size=64.*32 positions"):
-        TextTask(text_cfg(model="local", model_dir=str(tmp_path / "short")), CPU)
+    with pytest.raises(ConfigError, match=r"block_size=64.*32 positions"):  # from config.json, before launch
+        text_cfg(model="local", model_dir=str(tmp_path / "short"))
+    short = RunConfig(task="text", dataset="pydoc", model="local", model_dir=str(tmp_path / "short"), block_size=64)
+    with pytest.raises(ValueError, match=r"block_size=64.*32 positions"):  # the worker's own check
+        TextTask(short, CPU)
     save_local_model(tmp_path / "noeos", task, with_eos=False)
     with pytest.raises(ValueError, match="no eos token"):
         TextTask(text_cfg(model="local", model_dir=str(tmp_path / "noeos")), CPU)
@@ -335,7 +353,7 @@ def test_evaluate(task):
     # an untrained model is close to uniform over the vocabulary
     assert abs(metrics["val_loss"] - math.log(task.vocab_size)) < 0.5
     # eval batching does not change the corpus perplexity
-    small = TextTask(text_cfg(eval_batch_size=7, extra={"eval_test": False}), CPU)
+    small = TextTask(text_cfg(eval_batch_size=7, eval_test=False), CPU)
     m2 = small.evaluate(model)
     assert "test_ppl" not in m2
     assert m2["val_ppl"] == pytest.approx(metrics["val_ppl"], rel=1e-5)

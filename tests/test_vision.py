@@ -136,6 +136,25 @@ def test_download_true_fetches_with_torchvision_then_reads(tmp_path: Path, monke
     assert data.train_x.shape == (5 * PER_FILE, 3, 32, 32)
 
 
+def test_download_true_completes_an_incomplete_copy(tmp_path: Path, monkeypatch) -> None:
+    """validate skips the file check when download=True, so the loader must then fetch what is missing."""
+    import shutil
+
+    partial = tmp_path / "cifar-10-batches-py"
+    partial.mkdir()
+    (partial / "test_batch").write_bytes(b"")
+    calls = []
+
+    def fake_download(root: Path) -> None:
+        calls.append(Path(root))
+        shutil.rmtree(Path(root) / "cifar-10-batches-py")  # torchvision re-extracts over a bad copy
+        write_tiny_cifar(Path(root))
+
+    monkeypatch.setattr("paso_core.tasks.vision_data._download_cifar10", fake_download)
+    assert load_cifar10(tmp_path, download=True).train_x.shape == (5 * PER_FILE, 3, 32, 32)
+    assert calls == [tmp_path]
+
+
 def test_digits_split_is_fixed_stratified_and_normalised() -> None:
     a, b = load_digits_data(), load_digits_data()
     assert a.train_x.shape == (1437, 1, 8, 8) and a.test_x.shape == (360, 1, 8, 8)

@@ -95,16 +95,32 @@ def test_plan_validates_every_run_before_training() -> None:
 
 
 def test_wikitext_without_data_fails_with_loader_message(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="data_root"):
+    with pytest.raises(ConfigError, match="needs data_root.*-p data_root.*-p scale default"):
         wt.prepare({"dataset": "wikitext2"}, "smoke")
-    with pytest.raises(FileNotFoundError, match="WikiText-2 not found"):
+    with pytest.raises(ConfigError, match="WikiText-2 not found; looked for .*wiki.train.tokens.*-p data_root"):
         wt.prepare({"dataset": "wikitext2", "data_root": str(tmp_path)}, "smoke")
+    (tmp_path / "wiki.train.tokens").write_text(" = A = \n")
+    with pytest.raises(ConfigError, match="incomplete: .*wiki.valid.tokens missing"):
+        wt.prepare({"dataset": "wikitext2", "data_root": str(tmp_path)}, "smoke")
+
+
+def test_paper_scale_without_wikitext_is_an_error(tmp_path: Path) -> None:
+    """The paper preset needs WikiText-2; without it the error says which flags fix it."""
+    with pytest.raises(ConfigError, match="needs data_root.*-p data_root.*-p scale default"):
+        wt.prepare({}, "paper")
+    with pytest.raises(ConfigError, match="does not hold WikiText-2.*-p scale default"):
+        wt.prepare({"data_root": str(tmp_path)}, "paper")
+
+
+def test_option_typos_are_named_before_the_missing_corpus() -> None:
+    with pytest.raises(ConfigError, match="P=0"):
+        wt.prepare({"dataset": "wikitext2", "P": 0}, "smoke")
 
 
 def test_run_all_stops_on_missing_data_before_any_run(tmp_path: Path) -> None:
     calls: list[Any] = []
     params = wt.resolve_params({"dataset": "wikitext2", "data_root": str(tmp_path)}, "smoke")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ConfigError, match="WikiText-2 not found"):
         wt.run_all(params, runner=calls.append, log=lambda _: None)
     assert calls == []
 

@@ -11,8 +11,9 @@ Flow (one function per notebook cell):
    (``smoke`` / ``default`` / ``paper``); explicit ``papermill -p`` values win.
 2. :func:`prepare` checks every planned run with :func:`paso_core.validate` *before any
    training*, resolves the dataset (:func:`resolve_dataset`: CIFAR-10 if it is on disk or
-   can be downloaded, otherwise the bundled ``digits`` with a loud explanation, never a
-   silent substitution) and returns the run plan (:func:`plan_runs`).
+   can be downloaded, otherwise the bundled ``digits`` with a loud explanation at the
+   smoke/default scales and an error at ``paper`` scale, never a silent substitution) and
+   returns the run plan (:func:`plan_runs`).
 3. :func:`run_all` runs the plan: serial, PASO, naive DP and DDP per seed, then the PASO
    sweep over ``threshold`` and ``ema_decay``.
 4. :func:`results_table`, :func:`curves`, :func:`paso_dynamics`, :func:`tradeoff_table`,
@@ -145,23 +146,15 @@ class DatasetChoice:
     message: str
 
 
-def _cifar_problem(root: Path) -> str | None:
-    """Why CIFAR-10 cannot be read from ``root`` (None if all files are there)."""
-    from ..tasks.vision_data import (CIFAR_DIRNAME, CIFAR_META_FILE, CIFAR_TEST_FILE,
-                                     CIFAR_TRAIN_FILES, find_cifar10_dir)
-
-    directory = find_cifar10_dir(root)
-    if directory is None:
-        return f"no '{CIFAR_DIRNAME}/' directory was found under data_root={str(root)!r}"
-    missing = [n for n in (*CIFAR_TRAIN_FILES, CIFAR_TEST_FILE, CIFAR_META_FILE)
-               if not (directory / n).is_file()]
-    if missing:
-        return f"the CIFAR-10 directory {str(directory)!r} is incomplete (missing {', '.join(missing)})"
-    return None
+#: Scales at which a missing CIFAR-10 falls back to the bundled digits (loudly). At
+#: ``paper`` scale the point is the paper's CIFAR-10 numbers, and hours of digits training
+#: that ends with exit status 0 would be mistaken for them, so a missing dataset is an error.
+FALLBACK_SCALES = ("smoke", "default")
 
 
 def resolve_dataset(params: Mapping[str, Any]) -> DatasetChoice:
-    """CIFAR-10 if its files are under ``data_root`` (or can be downloaded), else ``digits``.
+    """CIFAR-10 if its files are under ``data_root`` (or can be downloaded), else ``digits``
+    at the scales of :data:`FALLBACK_SCALES` and a :class:`ConfigError` at the others.
 
     Why a fallback at all: the notebook must run offline on a small CPU machine, yet a run
     that quietly trained on something else than it claims would be worse than a failure.
@@ -169,6 +162,8 @@ def resolve_dataset(params: Mapping[str, Any]) -> DatasetChoice:
     that the numbers are *not* CIFAR-10 numbers and how to get CIFAR-10. The download is
     done here, once, in the notebook's process, so that the P workers never race on it.
     """
+    from ..tasks.layouts import CIFAR_LAYOUT, cifar10_problem, find_cifar10_dir
+
     requested = params["dataset"]
     if requested not in VISION_DATASETS:
         raise ConfigError(f"dataset={requested!r} is not valid; choose one of: {', '.join(VISION_DATASETS)}")
@@ -178,26 +173,27 @@ def resolve_dataset(params: Mapping[str, Any]) -> DatasetChoice:
                              "classes), as requested. These are NOT CIFAR-10 results; run with "
                              "-p dataset cifar10 (or -p scale paper) for CIFAR-10.")
     root = Path(params["data_root"]).expanduser() if params.get("data_root") else default_data_root()
-    problem = _cifar_problem(root)
+    problem = cifar10_problem(root)
     download_note = ""
     if problem is not None and params.get("download"):
         from ..tasks.vision_data import load_cifar10
 
         try:
             load_cifar10(root, download=True)
-            problem = _cifar_problem(root)
-        except Exception as exc:  # any network/disk failure leads to the same, explained fallback
+            problem = cifar10_problem(root)
+        except Exception as exc:  # any network/disk failure leads to the same, explained outcome
             download_note = f"; downloading it failed ({type(exc).__name__}: {str(exc).splitlines()[0]})"
     if problem is None:
-        from ..tasks.vision_data import find_cifar10_dir
-
-        directory = find_cifar10_dir(root)
         return DatasetChoice("cifar10", "cifar10", str(root), False,
-                             f"Dataset: CIFAR-10 from {directory} (torchvision layout).")
-    how = ("put torchvision's 'cifar-10-batches-py/' (data_batch_1..5, test_batch, batches.meta) "
-           f"under data_root (now {str(root)!r}) or pass -p data_root <dir>")
+                             f"Dataset: CIFAR-10 from {find_cifar10_dir(root)} (torchvision layout).")
+    how = f"put {CIFAR_LAYOUT} under data_root (now {str(root)!r}) or pass -p data_root <dir>"
     if not params.get("download"):
         how += ", or pass -p download True on a machine with a network"
+    scale = params.get("scale")
+    if scale not in FALLBACK_SCALES:
+        raise ConfigError(
+            f"scale={scale!r} runs on CIFAR-10, but {problem}{download_note}. To use CIFAR-10: {how}. "
+            f"Or pass -p scale default (or smoke) to run offline on the bundled digits instead.")
     message = (
         "WARNING: CIFAR-10 IS NOT USED IN THIS NOTEBOOK. dataset='cifar10' was requested, but "
         f"{problem}{download_note}. Falling back to scikit-learn's bundled 'digits' dataset "

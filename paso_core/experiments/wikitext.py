@@ -10,8 +10,8 @@ Flow:
 1. :func:`resolve_params` fills the ``None`` parameters from a scale preset (``smoke`` /
    ``default`` / ``paper``); explicit ``papermill -p`` values win.
 2. :func:`prepare` validates every planned run *before any training* and checks that the
-   requested corpus exists: ``dataset='wikitext2'`` without the files fails with the
-   loader's message. Nothing is ever substituted silently.
+   requested corpus exists: ``dataset='wikitext2'`` without the files fails, at every
+   scale, naming the missing files and the fix. Nothing is ever substituted silently.
 3. :func:`run_all` runs serial, PASO, naive DP and DDP for every seed.
 4. :func:`table2` builds the seed's Table 2 layout (PPL, total tokens, iterations, time,
    speed-ups) with our measured rows next to the rows the paper reports;
@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from .. import report
-from ..config import TEXT_DATASETS, TEXT_MODELS, ConfigError, RunConfig, validate
+from ..config import TEXT_DATASETS, TEXT_MODELS, ConfigError, RunConfig, dataset_problem, validate
 from ..launch import launch
 from ..runs import RunResult
 
@@ -188,20 +188,22 @@ def plan_runs(params: Mapping[str, Any], methods: Sequence[str] = METHODS) -> li
 
 
 def check_data(params: Mapping[str, Any]) -> None:
-    """Fail now, with the loader's own message, if the requested corpus is not there.
+    """Fail now, naming what is missing and the papermill flags that fix it, if the
+    requested corpus is not there.
 
     Why: a missing WikiText-2 must stop the notebook before four runs start, and must
-    never turn into a run on the offline stand-in. With ``data_root`` unset, validation
-    already asked for it; with a ``data_root`` lacking the files, the loader is called so
-    its message lists every path it looked at.
+    never turn into a run on the offline stand-in. The files checked are those
+    :func:`paso_core.validate` checks (:func:`paso_core.config.dataset_problem`); this only
+    adds the notebook's remedies to the message.
     """
-    if params["dataset"] != "wikitext2" or params["download"]:
+    if params["download"]:
         return
-    from ..tasks import text_data as td
-
-    root = params["data_root"]
-    if root is None or td.find_wikitext_files(Path(root).expanduser()) is None:
-        td.load_wikitext2(root, download=False)  # raises FileNotFoundError naming what it looked for
+    problem = dataset_problem(params["dataset"], params["data_root"])
+    if problem is not None:
+        raise ConfigError(
+            f"{problem}. In this notebook: pass -p data_root <directory holding WikiText-2>, or -p download "
+            "True on a machine with a network; or run the offline stand-in corpus with -p scale default "
+            "(or -p dataset pydoc)")
 
 
 @dataclass
@@ -225,11 +227,15 @@ class Plan:
 
 def prepare(values: Mapping[str, Any], scale: str | None = None) -> Plan:
     """Resolve the parameters, validate every run, check the corpus: everything that can
-    fail on bad input fails here, in seconds, rather than after the first training run."""
+    fail on bad input fails here, in seconds, rather than after the first training run.
+
+    The options are validated on the offline corpus first, so a typo in ``P`` is named
+    even when the corpus is missing too; then the corpus, then the real plan.
+    """
     params = resolve_params(values, scale)
-    configs = plan_runs(params)
+    plan_runs({**params, "dataset": "pydoc", "data_root": None, "download": False})
     check_data(params)
-    return Plan(params=params, configs=configs)
+    return Plan(params=params, configs=plan_runs(params))
 
 
 # =========================================================================== running
@@ -245,8 +251,8 @@ def run_all(params: Mapping[str, Any], methods: Sequence[str] = METHODS, *,
     starts. Any failure stops the notebook with the worker's error (a partial Table 2
     would be misleading). ``runner`` is injectable for tests.
     """
-    configs = plan_runs(params, methods)
     check_data(params)
+    configs = plan_runs(params, methods)
     results: dict[str, list[RunResult]] = {m: [] for m in methods}
     started = time.perf_counter()
     for i, cfg in enumerate(configs, 1):
@@ -647,7 +653,7 @@ def recompute_perplexity(run: RunResult, split: str = "validation", chunk_blocks
 
         tok = Tokenizer.from_file(str(info["tokenizer_path"]))
         ids = [e.ids for e in tok.encode_batch(list(docs), add_special_tokens=False)]
-        n_positions = int((c.get("extra") or {}).get("n_positions", 1024))
+        n_positions = RunConfig.from_dict(c).n_positions  # from_dict also reads old runs' extra={...}
         eos_id = int(info["eos_id"])
         config = GPT2Config(vocab_size=int(info["vocab_size"]), n_positions=n_positions, bos_token_id=eos_id,
                             eos_token_id=eos_id, **tm.GPT2_SIZES[c["model"]])

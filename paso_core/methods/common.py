@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,35 +13,95 @@ from ..context import WorkerContext
 from ..tasks.base import Batch, Task
 
 
-def flat_params(model: nn.Module) -> torch.Tensor:
-    """Make every parameter a view into one flat vector and return that vector.
+@dataclass(frozen=True)
+class FlatLayout:
+    """Where each trainable parameter lives inside a flat vector (offset, shape), plus padding.
+
+    Why padding: with ``align_bytes`` every parameter starts on the same boundary a fresh
+    allocation would (512 bytes covers the CPU and CUDA allocators), so BLAS/oneDNN kernels
+    that pick code paths by address see the same alignment as in serial training, and the
+    gradients computed on these views are the serial ones bit for bit.
+    """
+
+    offsets: tuple[int, ...]
+    shapes: tuple[torch.Size, ...]
+    total: int
+
+    @property
+    def numels(self) -> tuple[int, ...]:
+        return tuple(math.prod(s) for s in self.shapes)
+
+    @property
+    def n_real(self) -> int:
+        """Elements that are parameters (the rest is padding, always zero)."""
+        return sum(self.numels)
+
+    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """One view per parameter, shaped like it, into ``flat``."""
+        return [flat[o:o + n].view(s) for o, n, s in zip(self.offsets, self.numels, self.shapes)]
+
+    def pack(self, flat: torch.Tensor) -> torch.Tensor:
+        """The parameters without padding, concatenated (model.parameters() order)."""
+        return torch.cat([v.reshape(-1) for v in self.views(flat)])
+
+    def unpack_(self, flat: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+        """Write an unpadded vector (as :meth:`pack` returns) into ``flat``."""
+        start = 0
+        for view in self.views(flat):
+            n = view.numel()
+            view.copy_(packed[start:start + n].view_as(view))
+            start += n
+        return flat
+
+
+def layout_of(model: nn.Module, align_bytes: int = 0) -> FlatLayout:
+    params = [p for p in model.parameters() if p.requires_grad]
+    align = max(1, align_bytes // params[0].element_size()) if params and align_bytes else 1
+    offsets, offset = [], 0
+    for p in params:
+        offsets.append(offset)
+        offset += -(-p.numel() // align) * align
+    return FlatLayout(tuple(offsets), tuple(p.shape for p in params), offset)
+
+
+def bind_flat_params(model: nn.Module, align_bytes: int = 0) -> tuple[torch.Tensor, FlatLayout]:
+    """Make every trainable parameter a view into one flat vector; return it and its layout.
 
     Step-parallel methods move whole parameter vectors between workers; with views there
     is exactly one copy of the parameters, and sending it needs no packing.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    flat = torch.cat([p.detach().reshape(-1) for p in params]).clone()
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.data = flat[offset:offset + n].view_as(p)
-        offset += n
-    return flat
+    layout = layout_of(model, align_bytes)
+    flat = params[0].new_zeros(layout.total) if params else torch.zeros(0)
+    for p, view in zip(params, layout.views(flat)):
+        view.copy_(p.detach())
+        p.data = view
+    return flat, layout
 
 
-def flat_grad(model: nn.Module, out: torch.Tensor) -> torch.Tensor:
+def flat_params(model: nn.Module) -> torch.Tensor:
+    """:func:`bind_flat_params` without padding (the vector is exactly the parameters)."""
+    return bind_flat_params(model)[0]
+
+
+def flat_grad(model: nn.Module, out: torch.Tensor, layout: FlatLayout | None = None) -> torch.Tensor:
     """Copy the model's gradients into the flat buffer ``out`` (zeros where a grad is None)."""
-    offset = 0
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        n = p.numel()
+    layout = layout or layout_of(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p, view in zip(params, layout.views(out)):
         if p.grad is None:
-            out[offset:offset + n].zero_()
+            view.zero_()
         else:
-            out[offset:offset + n].copy_(p.grad.reshape(-1))
-        offset += n
+            view.copy_(p.grad)
     return out
+
+
+def clip_model_grads_(model: nn.Module, max_norm: float | None) -> float | None:
+    """``torch.nn.utils.clip_grad_norm_`` on the model, the very call serial training makes,
+    so clipped gradients are bitwise the serial ones; returns the pre-clip norm."""
+    if max_norm is None:
+        return None
+    return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
 
 
 def loss_and_grad(task: Task, model: nn.Module, batch: Batch, step: int) -> float:

@@ -1,5 +1,5 @@
 """OptEx (Shu et al., NeurIPS 2024): approximately parallelised iterations via a kernelized
-gradient estimate — the algorithm of ``../shared/notes/optex.md``, not the public PyTorch
+gradient estimate — the algorithm of ``docs/optex.md``, not the public PyTorch
 port (which evaluates every worker at the same point and so degenerates to vanilla steps).
 
 One iteration with ``N`` workers, starting from the kept iterate ``(x, s)`` at step ``t``:

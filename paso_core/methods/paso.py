@@ -4,15 +4,30 @@ One worker per window position. Each iteration: every worker computes the gradie
 its step at its current guess; the window is rolled out from the exact start state
 (prefix scan, or a relay chain for coupled weight decay); each rollout iterate is
 compared with the next position's guess; the converged prefix is accepted and the
-window slides (see ``../shared/notes/paso.md``).
+window slides (the method is described in ``docs/paso.md``).
 
-Memory per rank: its guess (the model's parameters), one gradient (which doubles as the
-parameter scan's accumulator), one optimizer state, and two preallocated buffers (the
-optimizer-state scan accumulator and one receive buffer), whatever ``P`` is; a scan
-iteration allocates nothing parameter-sized except the exact step at window position 0.
-Positions rotate over ranks as the window slides, so the new window start is simply the
-rank that already holds the accepted state: nothing is copied except the last iterate to
-the new tail positions.
+Exactness: the window start's step is ``torch.optim``'s own ``step()`` (:class:`TorchStep`)
+on the model's parameters, after ``clip_grad_norm_`` on the model's gradients -- the very
+calls serial training makes, on tensors of the same shapes and alignment. With threshold 0
+(and ``K = T``) PASO therefore equals serial bit for bit on any machine, given the same
+thread count.
+
+Threshold statistic: like the seed, which keeps ``P + 1`` guesses, every iteration has one
+error per position; the last position, whose next guess does not exist yet, compares its
+iterate with its own guess (the seed's extra guess under copy init). ``adaptivity="median"``
+takes the middle entry of the errors in window order (``errors[len // 2]``), as the seed does.
+
+Memory per rank: its guess (the model's parameters, in one padded flat vector), one gradient
+(which doubles as the parameter scan's accumulator), one optimizer state, and two
+preallocated buffers (the optimizer-state scan accumulator and one receive buffer), whatever
+``P`` is; a scan iteration allocates nothing parameter-sized. Positions rotate over ranks as
+the window slides, so the new window start is simply the rank that already holds the
+accepted state: nothing is copied except the last iterate to the new tail positions, sent
+down a binomial tree, so no rank sends more than ``ceil(log2 P)`` copies of it.
+
+Bytes per iteration on the busiest rank, in parameter vectors of ``d`` elements:
+``ceil(log2 P) * (n_state + 1)`` for the scan, ``1`` for the error exchange and
+``ceil(log2 P)`` (``2 ceil(log2 P)`` with ``init="extrapolate"``) for the tail seed.
 """
 
 from __future__ import annotations
@@ -27,9 +42,14 @@ import torch
 
 from ..context import WorkerContext
 from ..optim.scan import param_coeff, param_offset_into, prefix_scan_, state_coeffs, state_offsets_into
-from ..optim.updates import OptimSpec, clip_flat_, functional_step, init_state
+from ..distributed import Comm
+from ..optim.updates import OptimSpec, TorchStep, functional_step, init_state
 from ..tasks.base import Task
-from .common import eval_columns, final_report, flat_grad, flat_params, loss_and_grad, should_eval
+from .common import (FlatLayout, bind_flat_params, clip_model_grads_, eval_columns, final_report, flat_grad,
+                     loss_and_grad, should_eval)
+
+#: Every parameter starts on this boundary inside the flat vector, as a fresh allocation would.
+ALIGN_BYTES = 512
 
 
 @dataclass
@@ -63,13 +83,61 @@ def accepted_steps(errors: list[float], threshold: float, window: int) -> int:
     return window
 
 
-def updated_threshold(threshold: float, errors: list[float], ema_decay: float, adaptivity: str) -> float:
-    """``tol <- tol*ema + e*(1-ema)`` with ``e`` the mean or median of the window's errors."""
+def window_statistic(errors: list[float], adaptivity: str) -> float:
+    """The mean, or the middle entry in window order (the seed's "median"), of the finite errors."""
     finite = [e for e in errors if math.isfinite(e)]
-    if not finite or ema_decay == 1.0:
+    if not finite:
+        return float("nan")
+    return statistics.fmean(finite) if adaptivity == "mean" else finite[len(finite) // 2]
+
+
+def updated_threshold(threshold: float, errors: list[float], ema_decay: float, adaptivity: str) -> float:
+    """``tol <- tol*ema + e*(1-ema)`` with ``e`` the :func:`window_statistic` of the errors."""
+    stat = window_statistic(errors, adaptivity)
+    if not math.isfinite(stat) or ema_decay == 1.0:
         return threshold
-    stat = statistics.fmean(finite) if adaptivity == "mean" else statistics.median(finite)
     return threshold * ema_decay + stat * (1 - ema_decay)
+
+
+def tree_broadcast_(comm: Comm, tensor: torch.Tensor, ranks: list[int], me: int) -> None:
+    """Broadcast ``tensor`` from ``ranks[0]`` to the other ``ranks`` down a binomial tree.
+
+    Why not ``dist.broadcast``: it would need a process group per set of ranks, and a
+    root-sends-all scheme costs the root ``(n-1)`` copies; here no rank sends more than
+    ``ceil(log2 n)`` copies, which keeps PASO's busiest rank at ``O(d log P)`` bytes.
+    """
+    if me not in ranks:
+        return
+    i, n, offset = ranks.index(me), len(ranks), 1
+    while offset < n:
+        if i < offset and i + offset < n:
+            comm.exchange(tensor, ranks[i + offset], None)
+        elif offset <= i < 2 * offset:
+            comm.exchange(None, None, ranks[i - offset], recv_into=tensor)
+        offset *= 2
+
+
+def busiest_rank_vectors(n_state: int, P: int, rollout: str = "scan", extrapolate: bool = False) -> int:
+    """Parameter vectors the busiest rank may send in one iteration (the claimed bound).
+
+    Scan: ``ceil(log2 P)`` rounds of the state and the parameter scans; relay: one packed
+    state; both: one guess for the error exchange and, down the tree, ``ceil(log2 P)`` tail
+    seeds (two vectors each when extrapolating). The decision gather is a few floats.
+    """
+    rounds = math.ceil(math.log2(P)) if P > 1 else 0
+    rollout_vectors = rounds * (n_state + 1) if rollout == "scan" else n_state + 1
+    return rollout_vectors + 1 + rounds * (2 if extrapolate else 1)
+
+
+def load_trajectory(path: str, layout: FlatLayout, steps: int) -> torch.Tensor:
+    """A recorded trajectory, one row of parameters (unpadded) per step ``0..steps``."""
+    traj = torch.load(path, map_location="cpu", weights_only=True)
+    expected = (steps + 1, layout.n_real)
+    if not isinstance(traj, torch.Tensor) or tuple(traj.shape) != expected:
+        shape = tuple(traj.shape) if isinstance(traj, torch.Tensor) else type(traj).__name__
+        raise ValueError(f"init_trajectory={path!r} holds {shape}; expected a tensor of shape {expected} "
+                         "(rows: the parameters before step 0..steps, in model.parameters() order)")
+    return traj
 
 
 def choose_rollout(requested: str, spec: OptimSpec) -> str:
@@ -90,9 +158,11 @@ class PasoWorker:
         self.spec = OptimSpec.from_config(self.cfg)
         self.rollout = choose_rollout(self.cfg.rollout, self.spec)
         self.model = task.build_model()
-        self.x = flat_params(self.model)          # this rank's guess (the model's parameters)
+        # this rank's guess: the model's parameters, as views into one padded flat vector
+        self.x, self.layout = bind_flat_params(self.model, ALIGN_BYTES)
         self.grad = torch.zeros_like(self.x)
         self.state = init_state(self.spec, self.x)
+        self.exact = TorchStep(self.spec, [p for p in self.model.parameters() if p.requires_grad])
         d, n_state = self.x.numel(), len(self.spec.state_names)
         # Reused every iteration: the phase-1 (optimizer state) scan accumulator, and one
         # receive buffer that also carries the new tail's seed when the window slides. The
@@ -100,8 +170,18 @@ class PasoWorker:
         self.scan_state = self.x.new_empty(d * n_state)
         self.recv = self.x.new_empty(d * max(n_state, 2 if self.cfg.init == "extrapolate" else 1))
         self.win = Window(threshold=self.cfg.threshold)
+        self._bytes_at_gather = 0
         # init="extrapolate": the last position's guess before the slide, to form its step
         self._guess_before_slide: torch.Tensor | None = None
+        # init="trajectory": new guesses are read from a recorded trajectory (tests, warm starts)
+        self.trajectory = (load_trajectory(str(self.cfg.init_trajectory), self.layout, self.cfg.steps)
+                           if self.cfg.init == "trajectory" else None)
+        self._guess_from_trajectory(self.win.position(ctx.rank, self.P))
+
+    def _guess_from_trajectory(self, step: int) -> None:
+        """Take the recorded parameters of ``step`` as this rank's guess (never for the exact start)."""
+        if self.trajectory is not None and self.win.start < step <= self.cfg.steps:
+            self.layout.unpack_(self.x, self.trajectory[step].to(self.x))
 
     # --------------------------------------------------------------- one iteration
     def gradient(self, pos: int, active: bool) -> tuple[float, float]:
@@ -111,10 +191,16 @@ class PasoWorker:
         tic = time.perf_counter()
         step = self.win.start + pos
         loss = loss_and_grad(self.task, self.model, self.task.train_batch(step), step)
-        flat_grad(self.model, self.grad)
+        clip_model_grads_(self.model, self.spec.grad_clip)
+        flat_grad(self.model, self.grad, self.layout)
         self.model.zero_grad(set_to_none=True)  # the flat copy is all the rollout needs
-        clip_flat_(self.grad, self.spec.grad_clip)
         return loss, time.perf_counter() - tic
+
+    def exact_step_(self) -> None:
+        """The window start's step, in place on this rank's guess and state: ``torch.optim``'s
+        own step (see :class:`TorchStep`), so it is bitwise the serial step."""
+        views = {name: self.layout.views(self.state[name]) for name in self.spec.state_names}
+        self.exact.step_(self.win.start, self.layout.views(self.grad), views)
 
     def scan_rollout(self, pos: int, active: bool, window: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Both phases of the affine prefix scan; returns this position's rolled-out state.
@@ -137,11 +223,10 @@ class PasoWorker:
             return [0.0] if p == 0 else ([param_coeff(spec, b + p)] if p < window else [1.0])
 
         if pos == 0:  # the exact step from the window start, folded in as a constant map
-            x0, s0 = functional_step(spec, b, self.x, self.state, self.grad)
+            self.exact_step_()
             for k, name in enumerate(names):
-                states[k].copy_(s0[name])
-            acc_x.copy_(x0)
-            del x0, s0
+                states[k].copy_(self.state[name])
+            acc_x.copy_(self.x)
         elif active:
             state_offsets_into(spec, self.grad, states)
         else:
@@ -158,13 +243,15 @@ class PasoWorker:
         """Sequential chain: receive the state from position pos-1, step, pass it on (O(d) per rank)."""
         names, d = self.spec.state_names, self.x.numel()
         if pos == 0:
+            if active:
+                self.exact_step_()
             x, state = self.x, self.state
         else:
             like = torch.empty(d * (1 + len(names)), dtype=self.x.dtype, device=self.x.device)
             packed = self.ctx.comm.exchange(None, None, self.win.rank_of(pos - 1, self.P), recv_into=like)
             x = packed[:d]
             state = {k: packed[(i + 1) * d:(i + 2) * d] for i, k in enumerate(names)}
-        if active:
+        if active and pos > 0:
             x, state = functional_step(self.spec, self.win.start + pos, x, state, self.grad)
         if pos + 1 < self.P:
             packed = torch.cat([x] + [state[k] for k in names])
@@ -172,13 +259,22 @@ class PasoWorker:
         return x.clone(), {k: v.clone() for k, v in state.items()}
 
     def error_with_next_guess(self, pos: int, window: int, out_x: torch.Tensor) -> float:
-        """``mean((x'_{b+pos+1} - x̂_{b+pos+1})^2) * 1e6`` using the next position's guess."""
+        """``mean((x'_{b+pos+1} - x̂_{b+pos+1})^2) * 1e6`` over the parameters.
+
+        The next guess is the next position's; the last position has none yet and uses its
+        own guess, which is the seed's extra guess under copy init (the new tail is seeded
+        from the last iterate, so guess ``b+P`` always equals guess ``b+P-1``).
+        """
         send = self.win.rank_of(pos - 1, self.P) if 0 < pos < window else None
         recv = self.win.rank_of(pos + 1, self.P) if pos + 1 < window else None
-        next_guess = self.ctx.comm.exchange(self.x, send, recv, recv_into=self.recv[:self.x.numel()])
+        buffer = self.recv[:self.x.numel()]
+        next_guess = self.ctx.comm.exchange(self.x, send, recv, recv_into=buffer)
         if next_guess is None:
-            return float("nan")
-        return float(next_guess.sub_(out_x).square_().mean()) * 1e6  # (a-b)^2 == (b-a)^2 exactly
+            if pos != window - 1:
+                return float("nan")  # past the end of training
+            next_guess = buffer.copy_(self.x)
+        # (a-b)^2 == (b-a)^2 exactly; padding is zero in both, so the sum is over parameters
+        return float(next_guess.sub_(out_x).square_().sum()) / self.layout.n_real * 1e6
 
     def slide(self, pos: int, window: int, accepted: int, out_x: torch.Tensor,
               out_state: dict[str, torch.Tensor]) -> None:
@@ -190,18 +286,20 @@ class PasoWorker:
                 self.state[name].copy_(value)
         if accepted >= 2:
             source = self.win.rank_of(window - 1, self.P)
+            tails = [self.win.rank_of(p, self.P) for p in range(accepted - 1)]
             d = self.x.numel()
             seed = self.recv[:2 * d if self.cfg.init == "extrapolate" else d]
             if self.ctx.rank == source:
                 seed[:d].copy_(out_x)
                 if self.cfg.init == "extrapolate":
                     torch.sub(out_x, self._guess_before_slide, out=seed[d:])
-            self.ctx.comm.broadcast_(seed, src=source)
+            tree_broadcast_(self.ctx.comm, seed, [source] + tails, self.ctx.rank)
             if is_tail:
                 k = pos + 1  # this rank becomes tail position P-accepted+k
                 self.x.copy_(seed[:d])
                 if self.cfg.init == "extrapolate":
                     self.x.add_(seed[d:], alpha=float(k))
+                self._guess_from_trajectory(self.win.start + self.P + k)
         self.win.start_rank = self.win.rank_of(accepted - 1, self.P)
 
     def iterate(self) -> dict[str, Any]:
@@ -221,21 +319,27 @@ class PasoWorker:
         err = self.error_with_next_guess(pos, window, out_x)
         t_roll = time.perf_counter() - tic_roll
         t_comm = ctx.comm.seconds - comm_before
+        sent = ctx.comm.bytes_sent
         gathered = ctx.comm.all_gather_floats([pos, err, loss, t_grad, t_comm, t_roll - t_comm,
-                                               float(ctx.comm.bytes_sent)])
+                                               float(sent), float(sent - self._bytes_at_gather)])
+        self._bytes_at_gather = sent
         by_pos = gathered[gathered[:, 0].argsort()]
-        errors = by_pos[:window - 1, 1].tolist()
-        accepted = accepted_steps(errors, win.threshold, window)
+        errors = by_pos[:window, 1].tolist()  # one per position, the last against its own guess
+        accepted = accepted_steps(errors[:window - 1], win.threshold, window)
+        finite = [e for e in errors if math.isfinite(e)]
         row = {
             "iteration": win.iterations + 1, "window_start": win.start, "window_size": window,
             "accepted": accepted, "threshold": win.threshold,
-            "err_mean": statistics.fmean(errors) if errors else float("nan"),
-            "err_median": statistics.median(errors) if errors else float("nan"),
-            "err_max": max(errors) if errors else float("nan"),
+            "err_mean": window_statistic(errors, "mean"),
+            "err_median": window_statistic(errors, "median"),
+            "err_max": max(finite) if finite else float("nan"),
             "train_loss": float(by_pos[0, 2]),
             "time_grad_s": float(gathered[:, 3].max()), "time_comm_s": float(gathered[:, 4].max()),
             "time_rollout_s": float(gathered[:, 5].max()),
             "bytes_sent_rank0": int(gathered[0, 6]), "bytes_sent_max": int(gathered[:, 6].max()),
+            # bytes each rank sent since the previous gather (one slide, rollout, error
+            # exchange and gather), maximum over ranks: the per-iteration busiest rank
+            "bytes_iter_max": int(gathered[:, 7].max()),
             "iteration_time_s": time.perf_counter() - tic,
         }
         ctx.check_finite(row["train_loss"], f"step {win.start} (window start)")
@@ -294,5 +398,7 @@ def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
     model = worker.gather_final_model()
     win = worker.win
     summary = final_report(ctx, task, model, T, win.iterations, win.grad_evals, win.last_loss)
-    summary.update({"P": worker.P, "rollout": worker.rollout, "final_threshold": win.threshold})
+    summary.update({"P": worker.P, "rollout": worker.rollout, "final_threshold": win.threshold,
+                    # the unit of the bytes bound: one padded flat parameter vector
+                    "vector_bytes": worker.x.numel() * worker.x.element_size()})
     return summary

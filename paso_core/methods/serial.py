@@ -14,7 +14,7 @@ import torch
 from ..context import WorkerContext
 from ..optim.updates import OptimSpec, lr_at, make_torch_optimizer, set_lr
 from ..tasks.base import Task
-from .common import (checkpoint_torch_training, eval_columns, final_report, loss_and_grad, resume_torch_training,
+from .common import (checkpoint_torch_training, clip_model_grads_, eval_columns, final_report, loss_and_grad, resume_torch_training,
                      should_eval)
 
 
@@ -44,9 +44,7 @@ def _one_step(ctx: WorkerContext, task: Task, model: torch.nn.Module, optimizer:
     batch = task.train_batch(step)
     loss = loss_and_grad(task, model, batch, step)
     ctx.check_finite(loss, f"step {step}")
-    grad_norm = None
-    if spec.grad_clip is not None:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip))
+    grad_norm = clip_model_grads_(model, spec.grad_clip)
     lr = lr_at(spec, step)
     set_lr(optimizer, lr)
     optimizer.step()

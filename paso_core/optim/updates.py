@@ -99,12 +99,56 @@ def clip_factor(grad_norm: float, max_norm: float | None) -> float:
 
 
 def clip_flat_(grad: torch.Tensor, max_norm: float | None) -> torch.Tensor:
-    """Clip a flat gradient by its global L2 norm, in place, like ``clip_grad_norm_``."""
+    """Clip a flat vector by its global L2 norm, in place, with ``clip_grad_norm_``'s factor.
+
+    Equal to ``clip_grad_norm_`` up to float rounding only (the norm is taken over one
+    vector, not per parameter): OptEx uses it for its proxy gradients. Methods that must be
+    bitwise serial clip the model's own gradients (``methods.common.clip_model_grads_``).
+    """
     if max_norm is not None:
         factor = clip_factor(float(torch.linalg.vector_norm(grad)), max_norm)
         if factor < 1.0:
             grad.mul_(factor)
     return grad
+
+
+class TorchStep:
+    """``torch.optim``'s own ``step()`` applied to parameters whose state lives in our buffers.
+
+    Why: serial training steps with ``torch.optim`` on the model's parameters; a method
+    that must reproduce it exactly (PASO's window start) steps the *same* optimizer class,
+    with the same options, on tensors of the same shapes. The result is then bitwise the
+    serial one by construction, whatever the CPU's kernels do (vector width, FMA, tails),
+    instead of relying on a re-implementation rounding the same way on every machine.
+
+    ``params`` are updated in place; ``states[name]`` are per-parameter views of the flat
+    optimizer-state vectors (names as :data:`STATE_NAMES`), also updated in place.
+    """
+
+    _TORCH_KEYS = {"buf": "momentum_buffer", "m": "exp_avg", "v": "exp_avg_sq"}
+
+    def __init__(self, spec: OptimSpec, params: list[torch.Tensor]) -> None:
+        self.spec, self.params = spec, params
+        self.optimizer = make_torch_optimizer(spec, params)
+
+    def step_(self, step: int, grads: list[torch.Tensor], states: dict[str, list[torch.Tensor]]) -> None:
+        """One step ``step`` (0-based) with ``grads`` (already clipped), in place."""
+        spec, opt = self.spec, self.optimizer
+        for i, (p, g) in enumerate(zip(self.params, grads)):
+            p.grad = g
+            entry: dict[str, torch.Tensor] = {}
+            if spec.name in ("adam", "adamw"):
+                entry["step"] = torch.tensor(float(step))  # torch's own counter: it adds 1 first
+            if spec.name != "momentum" or step > 0:  # torch starts momentum as a clone of grad
+                entry.update({self._TORCH_KEYS[k]: states[k][i] for k in spec.state_names})
+            opt.state[p] = entry
+        set_lr(opt, lr_at(spec, step))
+        opt.step()
+        for i, p in enumerate(self.params):
+            if spec.name == "momentum" and step == 0:
+                states["buf"][i].copy_(opt.state[p]["momentum_buffer"])
+            p.grad = None
+        opt.state.clear()
 
 
 def init_state(spec: OptimSpec, like: torch.Tensor) -> dict[str, torch.Tensor]:

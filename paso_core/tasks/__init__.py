@@ -1,14 +1,17 @@
 """Task registry: name -> constructor. Imports are lazy so a task's heavy dependencies
-(torchvision, transformers) load only when that task is used."""
+(torch, torchvision, transformers) load only when that task is used, and so that
+:mod:`.layouts` can be imported by :func:`paso_core.config.validate` without torch."""
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from ..config import RunConfig
-from .base import Task
+    from ..config import RunConfig
+    from .base import Task
 
 _TASK_MODULES = {"synthetic": "SyntheticTask", "vision": "VisionTask", "text": "TextTask"}
 

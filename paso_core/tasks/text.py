@@ -6,9 +6,9 @@ token that follows ``inputs[i, j]`` (see :func:`text_data.blocks_from_stream`). 
 is the mean cross-entropy over all ``batch_size * block_size`` targets, so data-parallel
 shards of equal size average back to exactly the full-batch loss.
 
-Options read from ``cfg.extra`` (besides those of :mod:`text_models`): ``vocab_size``
-(size of the BPE tokenizer trained for built models, default 4096) and ``eval_test``
-(also score the test split in :meth:`TextTask.evaluate`, default True).
+Options of this task (besides those of :mod:`text_models`): ``vocab_size`` (size of the
+BPE tokenizer trained for built models, default 4096) and ``eval_test`` (also score the
+test split in :meth:`TextTask.evaluate`, default True).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ class TextTask:
     def __init__(self, cfg: RunConfig, device: torch.device) -> None:
         self.cfg = cfg
         self.device = device
-        tm.attn_implementation(cfg), tm.model_dtype(cfg)  # reject bad extra options before any work
         self.model_dir = tm.resolve_model_dir(cfg)
         if self.model_dir is not None:  # fail on a too-long block before any tokenising
             self._config = tm.lm_config(cfg, vocab_size=0, model_dir=self.model_dir)
@@ -61,7 +60,7 @@ class TextTask:
         if self.model_dir is not None:
             tok = td.load_pretrained_tokenizer(self.model_dir)
             return tok, {"kind": f"pretrained ({type(tok).__name__})", "source": self.model_dir}
-        vocab = int(self.cfg.extra.get("vocab_size", td.DEFAULT_VOCAB_SIZE))
+        vocab = self.cfg.vocab_size
         tok, path = td.cached_bpe_tokenizer(self.corpus["train"], vocab)
         return tok, {"kind": "byte-level BPE trained on the train split", "source": str(path),
                      "requested_vocab_size": vocab}
@@ -165,7 +164,7 @@ class TextTask:
             "model_dir": self.model_dir,
             "parameters": self.parameter_count(),
             "context": tm.context_length(self._config),
-            "attn_implementation": tm.attn_implementation(self.cfg),
+            "attn_implementation": self.cfg.attn_implementation,
             "batches_per_epoch": int(self.blocks["train"].shape[0]) // self.cfg.batch_size,
         }
 
@@ -188,7 +187,7 @@ class TextTask:
         return "WikiText-2 raw (wikitext-2-raw-v1) from the Hugging Face hub"
 
     def _eval_splits(self) -> tuple[str, ...]:
-        return ("validation", "test") if self.cfg.extra.get("eval_test", True) else ("validation",)
+        return ("validation", "test") if self.cfg.eval_test else ("validation",)
 
     def _evaluate_split(self, model: nn.Module, split: str) -> dict[str, float]:
         """Score every block of ``split`` in chunks of eval_batch_size blocks."""

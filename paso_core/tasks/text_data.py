@@ -31,17 +31,14 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-SPLITS = ("train", "validation", "test")
+from ..config import DEFAULT_VOCAB_SIZE
+from .layouts import (SPLITS, WIKITEXT_HUB_SUBDIR, WIKITEXT_PARQUET_FILES,  # noqa: F401 (re-exported)
+                      WIKITEXT_TOKEN_FILES, find_wikitext_files, missing_wikitext_message)
+
 EOS_TOKEN = "<|endoftext|>"
-DEFAULT_VOCAB_SIZE = 4096
 # Bump when the tokenizer recipe below changes, so stale cached tokenizers are not reused.
 _BPE_RECIPE = "bytelevel-bpe-v1"
 _PYDOC_HELD_OUT_FRACTION = 0.05  # of characters, for each of validation and test
-
-WIKITEXT_TOKEN_FILES = {"train": "wiki.train.tokens", "validation": "wiki.valid.tokens",
-                        "test": "wiki.test.tokens"}
-WIKITEXT_PARQUET_FILES = {s: f"{s}-00000-of-00001.parquet" for s in SPLITS}
-WIKITEXT_HUB_SUBDIR = "wikitext-2-raw-v1"
 
 
 # ---------------------------------------------------------------------------- caching
@@ -135,22 +132,14 @@ def load_pydoc_corpus(held_out: float = _PYDOC_HELD_OUT_FRACTION) -> dict[str, l
 
 def load_wikitext2(data_root: str | None, download: bool) -> dict[str, list[str]]:
     """WikiText-2 raw from ``data_root`` (tokens or parquet files) or, if allowed, the hub."""
-    looked_for: list[str] = []
     if data_root is not None:
         found = find_wikitext_files(Path(data_root).expanduser())
         if found is not None:
             builder, files = found
             return _load_wikitext_files(builder, files)
-        looked_for = [str(p) for p in _wikitext_candidates(Path(data_root).expanduser())]
-        looked_for += [f"(incomplete: {m} missing)" for m in _missing_wikitext_files(Path(data_root).expanduser())]
     if download:  # no complete local copy: fetch the hub's copy (needs a network)
         return _download_wikitext2()
-    where = ", ".join(looked_for) if looked_for else "(no data_root given)"
-    raise FileNotFoundError(
-        f"WikiText-2 not found; looked for {where}. Put wiki.train.tokens/wiki.valid.tokens/"
-        f"wiki.test.tokens or {WIKITEXT_HUB_SUBDIR}/{{train,validation,test}}-00000-of-00001.parquet "
-        "under data_root, or pass download=True on a machine with a network"
-    )
+    raise FileNotFoundError(missing_wikitext_message(data_root))
 
 
 def _download_wikitext2() -> dict[str, list[str]]:
@@ -165,36 +154,6 @@ def _download_wikitext2() -> dict[str, list[str]]:
             f"put wiki.*.tokens or {WIKITEXT_HUB_SUBDIR}/*.parquet under data_root and pass download=False"
         ) from err
     return {split: wikitext_articles(data[split]["text"]) for split in SPLITS}
-
-
-def _wikitext_candidates(root: Path) -> list[Path]:
-    """The directories/files searched for WikiText-2, in order (also used in error messages)."""
-    tokens_dirs = [root, root / "wikitext-2-raw", root / "wikitext-2"]
-    parquet_dirs = [root / WIKITEXT_HUB_SUBDIR, root / "wikitext" / WIKITEXT_HUB_SUBDIR, root]
-    out = [d / WIKITEXT_TOKEN_FILES["train"] for d in tokens_dirs]
-    out += [d / WIKITEXT_PARQUET_FILES["train"] for d in parquet_dirs]
-    return out
-
-
-def find_wikitext_files(root: Path) -> tuple[str, dict[str, str]] | None:
-    """``("text" | "parquet", {split: file})`` for the first complete WikiText-2 layout under ``root``."""
-    for train_file in _wikitext_candidates(root):
-        names = WIKITEXT_TOKEN_FILES if train_file.name.endswith(".tokens") else WIKITEXT_PARQUET_FILES
-        files = {split: train_file.parent / name for split, name in names.items()}
-        if all(f.is_file() for f in files.values()):
-            builder = "text" if names is WIKITEXT_TOKEN_FILES else "parquet"
-            return builder, {split: str(f) for split, f in files.items()}
-    return None
-
-
-def _missing_wikitext_files(root: Path) -> list[str]:
-    """Files lacking from layouts whose train file exists (a half-copied dataset)."""
-    missing = []
-    for train_file in _wikitext_candidates(root):
-        if train_file.is_file():
-            names = WIKITEXT_TOKEN_FILES if train_file.name.endswith(".tokens") else WIKITEXT_PARQUET_FILES
-            missing += [str(train_file.parent / n) for n in names.values() if not (train_file.parent / n).is_file()]
-    return missing
 
 
 def _load_wikitext_files(builder: str, files: dict[str, str]) -> dict[str, list[str]]:

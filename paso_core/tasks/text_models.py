@@ -8,13 +8,13 @@ Dropout is set to 0.0 in every config we build and in loaded configs. Why: dropo
 masks depend on how a batch is split and on RNG consumption order, so the serial,
 data-parallel and PASO runs of the *same* step would see different masks and their
 trajectories could not be compared (PASO's exactness test would fail for reasons that
-have nothing to do with PASO). ``cfg.extra["keep_dropout"] = True`` keeps a loaded
-model's dropout (it is still seeded per step by the task).
+have nothing to do with PASO). ``keep_dropout=True`` keeps a loaded model's dropout (it
+is still seeded per step by the task).
 
-Options read from ``cfg.extra``: ``n_positions`` (context of built models, default 1024),
-``attn_implementation`` ('sdpa' default, or 'eager'), ``dtype`` (parameter dtype:
-'float32' default, 'bfloat16', 'float16'; 'auto' = the checkpoint's, pretrained only),
-``keep_dropout``, ``modelscope_cache`` (download directory).
+Options (declared and validated in :class:`~paso_core.config.RunConfig`): ``n_positions``
+(context of built models, default 1024), ``attn_implementation`` ('sdpa' default, or
+'eager'), ``dtype`` (parameter dtype: 'float32' default, 'bfloat16', 'float16'; 'auto' =
+the checkpoint's, pretrained only), ``keep_dropout``, ``modelscope_cache`` (download directory).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import RunConfig
+from ..config import DEFAULT_CONTEXT, MODEL_DTYPES, PRETRAINED_MODELS, RunConfig
+from .layouts import check_block_size, context_from
 from .text_data import _file_lock, cache_root
 
 GPT2_SIZES: dict[str, dict[str, int]] = {
@@ -33,32 +34,15 @@ GPT2_SIZES: dict[str, dict[str, int]] = {
     "gpt2-small": {"n_layer": 4, "n_embd": 256, "n_head": 4},
     "gpt2": {"n_layer": 12, "n_embd": 768, "n_head": 12},  # the real 124M GPT-2 shape
 }
-PRETRAINED_MODELS = ("local", "modelscope")
-DEFAULT_CONTEXT = 1024
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_CONTEXT_ATTRS = ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length")
+DTYPES = {name: getattr(torch, name) for name in MODEL_DTYPES if name != "auto"}
 
 
 # ---------------------------------------------------------------------------- options
-def attn_implementation(cfg: RunConfig) -> str:
-    """One attention kernel for every worker ('sdpa' unless ``extra['attn_implementation']``)."""
-    impl = cfg.extra.get("attn_implementation", "sdpa")
-    if impl not in ATTN_IMPLEMENTATIONS:
-        raise ValueError(f"attn_implementation={impl!r} is not valid; choose one of: {', '.join(ATTN_IMPLEMENTATIONS)}")
-    return impl
-
-
 def model_dtype(cfg: RunConfig) -> torch.dtype | str:
-    """Parameter dtype: float32 by default, because transformers >= 5 would otherwise load
-    checkpoints in their saved (often bf16) dtype, which Adam training handles poorly."""
-    name = cfg.extra.get("dtype", "float32")
-    if name == "auto" and cfg.model in PRETRAINED_MODELS:
-        return "auto"
-    if name not in DTYPES:
-        valid = list(DTYPES) + (["auto"] if cfg.model in PRETRAINED_MODELS else [])
-        raise ValueError(f"dtype={name!r} is not valid for model={cfg.model!r}; choose one of: {', '.join(valid)}")
-    return DTYPES[name]
+    """The torch dtype of ``cfg.dtype`` (validated by :func:`paso_core.config.validate`);
+    'auto' keeps a checkpoint's own. The default is float32 because transformers >= 5 would
+    otherwise load checkpoints in their saved (often bf16) dtype, which Adam handles poorly."""
+    return "auto" if cfg.dtype == "auto" else DTYPES[cfg.dtype]
 
 
 # ---------------------------------------------------------------------------- model directory
@@ -69,7 +53,7 @@ def resolve_model_dir(cfg: RunConfig) -> str | None:
             raise ValueError(f"model='local' needs model_dir=<directory>; got model_dir={cfg.model_dir!r}")
         return str(cfg.model_dir)
     if cfg.model == "modelscope":
-        cache_dir = Path(cfg.extra.get("modelscope_cache") or cache_root() / "modelscope")
+        cache_dir = Path(cfg.modelscope_cache or cache_root() / "modelscope")
         return download_modelscope(cfg.modelscope_id, cache_dir)
     if cfg.model not in GPT2_SIZES:
         valid = ", ".join(list(GPT2_SIZES) + list(PRETRAINED_MODELS))
@@ -99,24 +83,12 @@ def download_modelscope(model_id: str, cache_dir: Path) -> str:
 # ---------------------------------------------------------------------------- configs
 def context_length(config: Any) -> int | None:
     """The longest sequence the model's position embeddings allow, if the config says."""
-    for attr in _CONTEXT_ATTRS:
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    return context_from(config)
 
 
 def built_context(cfg: RunConfig) -> int:
-    """Context of the GPT-2 models we build: ``extra['n_positions']``, default 1024 (GPT-2's)."""
-    return int(cfg.extra.get("n_positions", DEFAULT_CONTEXT))
-
-
-def check_block_size(block_size: int, ctx: int | None, model_name: str) -> None:
-    """Blocks longer than the model context would index past its position embeddings."""
-    if ctx is not None and block_size > ctx:
-        raise ValueError(
-            f"block_size={block_size} is larger than the context of model={model_name!r} "
-            f"({ctx} positions); use block_size <= {ctx}")
+    """Context of the GPT-2 models we build: ``cfg.n_positions`` (default 1024, GPT-2's)."""
+    return cfg.n_positions
 
 
 def zero_dropout(config: Any) -> list[str]:
@@ -153,7 +125,7 @@ def lm_config(cfg: RunConfig, vocab_size: int, model_dir: str | None = None,
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(model_dir)
-        if not cfg.extra.get("keep_dropout", False):
+        if not cfg.keep_dropout:
             zero_dropout(config)
     check_block_size(cfg.block_size, context_length(config), str(cfg.model))
     return config
@@ -179,7 +151,7 @@ def build_lm(cfg: RunConfig, vocab_size: int, model_dir: str | None = None,
     from transformers import AutoModelForCausalLM
 
     config = config if config is not None else lm_config(cfg, vocab_size, model_dir, eos_id)
-    impl, dtype = attn_implementation(cfg), model_dtype(cfg)
+    impl, dtype = cfg.attn_implementation, model_dtype(cfg)
     if model_dir is None:
         return AutoModelForCausalLM.from_config(config, attn_implementation=impl, dtype=dtype)
     return AutoModelForCausalLM.from_pretrained(model_dir, config=config, attn_implementation=impl, dtype=dtype)

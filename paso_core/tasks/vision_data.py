@@ -30,10 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-CIFAR_DIRNAME = "cifar-10-batches-py"
-CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
-CIFAR_TEST_FILE = "test_batch"
-CIFAR_META_FILE = "batches.meta"
+from .layouts import (CIFAR_DIRNAME, CIFAR_LAYOUT, CIFAR_META_FILE, CIFAR_TEST_FILE,  # noqa: F401 (re-exported)
+                      CIFAR_TRAIN_FILES, cifar10_problem, find_cifar10_dir)
+
 # The usual per-channel statistics of the CIFAR-10 training set, in [0, 1] pixel units.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -137,24 +136,6 @@ def load_digits_data() -> VisionData:
 
 
 # --------------------------------------------------------------------------- CIFAR-10
-def find_cifar10_dir(data_root: str | Path | None) -> Path | None:
-    """The ``cifar-10-batches-py`` directory for ``data_root``, or None if it is not there.
-
-    ``data_root`` may be the directory *containing* ``cifar-10-batches-py`` (torchvision's
-    ``root``) or ``cifar-10-batches-py`` itself.
-    """
-    if data_root is None:
-        return None
-    root = Path(data_root).expanduser()
-    names = (*CIFAR_TRAIN_FILES, CIFAR_TEST_FILE, CIFAR_META_FILE)
-    for candidate in (root / CIFAR_DIRNAME, root):
-        if not candidate.is_dir():
-            continue
-        if candidate.name == CIFAR_DIRNAME or any((candidate / n).is_file() for n in names):
-            return candidate
-    return None
-
-
 def _download_cifar10(data_root: str | Path) -> None:
     """Fetch CIFAR-10 with torchvision into ``data_root`` (needs a network)."""
     import torchvision
@@ -195,35 +176,23 @@ def _read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.from_numpy(labels)
 
 
-def _missing_cifar_message(data_root: str | Path | None) -> str:
-    where = "no data_root was given" if data_root is None else (
-        f"looked for {Path(data_root) / CIFAR_DIRNAME} and {Path(data_root)}"
-    )
-    return (
-        f"CIFAR-10 not found ({where}). Point data_root at the directory that contains "
-        f"'{CIFAR_DIRNAME}/' (torchvision's layout: data_batch_1..5, test_batch, batches.meta), "
-        "or pass download=True on a machine with a network."
-    )
-
-
 def load_cifar10(data_root: str | Path | None, download: bool = False) -> VisionData:
     """CIFAR-10 from torchvision's on-disk layout; download it first if asked and missing.
 
     With ``download=True`` and no ``data_root`` the files go to ``./data`` (git-ignored).
+    A missing or incomplete copy is downloaded when allowed (torchvision re-fetches files
+    that fail its checksum), else reported with the files that are missing.
     """
-    directory = find_cifar10_dir(data_root)
-    if directory is None and download:
-        _download_cifar10(data_root if data_root is not None else "data")
-        directory = find_cifar10_dir(data_root if data_root is not None else "data")
-    if directory is None:
-        raise FileNotFoundError(_missing_cifar_message(data_root))
-    needed = [*CIFAR_TRAIN_FILES, CIFAR_TEST_FILE, CIFAR_META_FILE]
-    missing = [name for name in needed if not (directory / name).is_file()]
-    if missing:
+    root = data_root if data_root is not None or not download else "data"
+    if download and cifar10_problem(root) is not None:
+        _download_cifar10(root)
+    problem = cifar10_problem(root)
+    if problem is not None:
         raise FileNotFoundError(
-            f"CIFAR-10 directory {directory} is incomplete: missing {', '.join(missing)}. "
-            "Copy the full torchvision layout there (or delete it and pass download=True)."
-        )
+            f"{problem}. Point data_root at the directory that contains {CIFAR_LAYOUT}, "
+            "or pass download=True on a machine with a network.")
+    directory = find_cifar10_dir(root)
+    assert directory is not None  # cifar10_problem found it
 
     parts = [_read_cifar_batch(directory / name) for name in CIFAR_TRAIN_FILES]
     test_x, test_y = _read_cifar_batch(directory / CIFAR_TEST_FILE)

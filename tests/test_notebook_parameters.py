@@ -1,0 +1,86 @@
+"""An unknown papermill parameter stops every notebook in the cell after its parameters.
+
+papermill itself only warns ("Passed unknown parameter") and runs the whole notebook with
+the default instead, which at paper scale is hours of work on the wrong setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from paso_core.config import ConfigError
+from paso_core.notebook_files import CHECK_CELL, PARAMETER_SNAPSHOT, SNAPSHOT_LINE, check_parameters
+
+nbformat = pytest.importorskip("nbformat")
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ["cifar_paso", "wikitext_paso", "optex_comparison"]
+
+
+def _after_parameters_cell(namespace: dict) -> dict:
+    namespace[PARAMETER_SNAPSHOT] = set(namespace)  # what SNAPSHOT_LINE does
+    return namespace
+
+
+# ---------------------------------------------------------------------------- the check
+def test_unknown_parameter_is_named_with_the_valid_ones() -> None:
+    ns = _after_parameters_cell({"__name__": "__main__", "P": None, "scale": None})
+    ns.update({"P": 7, "tresh": 0.1, "_i2": "# Parameters", "_": None, "check_parameters": check_parameters})
+    with pytest.raises(ConfigError, match=r"unknown notebook parameter\(s\) \['tresh'\].*parameters are: "
+                                          r"P, scale$"):
+        check_parameters(ns)
+
+
+def test_known_parameters_and_kernel_names_pass() -> None:
+    ns = _after_parameters_cell({"P": None, "scale": None})
+    ns.update({"P": 7, "scale": "paper", "_i2": "", "_3": 1, "__": None, "_oh": {}})
+    check_parameters(ns)
+    assert PARAMETER_SNAPSHOT not in ns  # consumed: running the cell again checks nothing
+    ns["later_variable"] = 1
+    check_parameters(ns)
+
+
+def test_without_the_snapshot_nothing_is_checked() -> None:
+    check_parameters({"anything": 1})
+
+
+# ---------------------------------------------------------------------------- the notebooks
+def _cells(name: str) -> tuple[list, int]:
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    return nb.cells, tagged[0]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_check_cell_follows_the_parameters_cell(name: str) -> None:
+    """The snapshot ends the parameters cell and the check is the next cell, before any work;
+    papermill still infers exactly the declared ``name = None`` lines as parameters."""
+    papermill = pytest.importorskip("papermill.translators")
+    cells, index = _cells(name)
+    params = cells[index]
+    assert params.source.splitlines()[-1] == SNAPSHOT_LINE
+    assert cells[index + 1].cell_type == "code" and cells[index + 1].source == CHECK_CELL
+    assert not any(c.cell_type == "code" for c in cells[:index])
+    inferred = [p.name for p in papermill.PythonTranslator.inspect(params)]
+    declared = [line.split("=")[0].strip() for line in params.source.splitlines() if " = None" in line]
+    assert inferred == declared and "scale" in inferred
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_papermill_with_an_unknown_parameter_fails_in_the_check_cell(name: str, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real papermill run (a few seconds: kernel start and one import) stops at the check
+    cell, names the bad parameter, lists the valid ones, and starts no run."""
+    papermill = pytest.importorskip("papermill")
+    monkeypatch.setenv("PASO_ARTIFACTS", str(tmp_path / "artifacts"))
+    cells, index = _cells(name)
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        papermill.execute_notebook(str(ROOT / "notebooks" / f"{name}.ipynb"), str(tmp_path / "out.ipynb"),
+                                   parameters={"scale": "smoke", "nonexistent_param": 1}, cwd=str(ROOT),
+                                   kernel_name="python3", progress_bar=False)
+    assert err.value.ename == "ConfigError" and "check_parameters(globals())" in err.value.source
+    assert "['nonexistent_param']" in err.value.evalue and "scale" in err.value.evalue
+    assert not (tmp_path / "artifacts" / "runs").exists()
