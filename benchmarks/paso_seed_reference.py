@@ -59,9 +59,9 @@ def oracle_runs(cfg: RunConfig, adaptivity: str) -> dict[str, tuple[int, int, fl
         return p.grad
 
     out = {}
-    for label, last_error in (("seed", True), ("P-1", False)):
+    for label, rule in (("seed", "seed"), ("P-1", "next_guess")):
         result = reference_paso(OptimSpec.from_config(cfg), point.detach().clone(), grad, cfg.steps, cfg.P,
-                                cfg.threshold, cfg.ema_decay, adaptivity, last_error=last_error)
+                                cfg.threshold, cfg.ema_decay, adaptivity, threshold_errors=rule)
         with torch.no_grad():
             point.copy_(result.x)
         out[label] = (result.iterations, result.grad_evals, task.evaluate(model)["gap"])
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                f"threshold={args.threshold}, ema={args.ema_decay}, seed {args.seed}; float32. engine = "
                "paso_core.run (distributed, prefix-scan rollout); seed_reference = the seed's algorithm in one "
                "process (paso_core/optim/paso_reference.py); P-1_errors = the same without the last position's "
-               "error in the threshold statistic (this repository's earlier rule). 'median' is the middle entry "
+               "error in the threshold statistic (threshold_errors='next_guess', this repository's earlier rule). 'median' is the middle entry "
                "of the errors in window order, as in the seed."))
     print(report.to_markdown(table))
     return 0

@@ -28,6 +28,9 @@ DEFAULT_VOCAB_SIZE = 4096
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
 ADAPTIVITY = ("mean", "median")
+#: Which errors feed PASO's adaptive tolerance: the seed's P (the last position against its own
+#: guess) or only the P-1 that have a next guess (this repository's earlier rule).
+THRESHOLD_ERRORS = ("seed", "next_guess")
 PASO_INITS = ("copy", "extrapolate", "trajectory")
 PASO_ROLLOUTS = ("auto", "scan", "relay")
 DEVICES = ("auto", "cpu", "cuda")
@@ -106,6 +109,7 @@ class RunConfig:
     threshold: float = 1e-5
     ema_decay: float = 0.999
     adaptivity: str = "mean"
+    threshold_errors: str = "seed"
     init: str = "copy"
     init_trajectory: str | None = None  # torch file of a recorded trajectory (init='trajectory')
     rollout: str = "auto"
@@ -277,6 +281,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
     _choice("adaptivity", cfg.adaptivity, ADAPTIVITY)
+    _choice("threshold_errors", cfg.threshold_errors, THRESHOLD_ERRORS)
     _choice("init", cfg.init, PASO_INITS)
     _check_init_trajectory(cfg)
     _choice("rollout", cfg.rollout, PASO_ROLLOUTS)

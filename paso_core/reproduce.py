@@ -31,6 +31,8 @@ BENCHMARKS: dict[str, dict[str, list[str]]] = {
     "vision_pipeline": {"smoke": ["--seconds", "0.5"], "default": [], "paper": []},
     # the script's defaults are the seed's OptEx benchmark (about a minute on 2 cores)
     "paso_seed_reference": {"smoke": ["--dim", "2000", "--steps", "100", "--P", "4"], "default": [], "paper": []},
+    "paso_threshold_rule": {"smoke": ["--scale", "smoke"], "default": ["--scale", "default", "--seeds", "0", "1", "2"],
+                            "paper": ["--scale", "paper"]},
 }
 
 

@@ -47,3 +47,14 @@ def test_paso_seed_reference_table(tmp_path) -> None:
     assert ((table.K_engine >= 15) & (table.K_engine <= 60)).all()
     # float32: the scan may flip a decision that sits at the tolerance; the float64 test is exact
     assert ((table.K_engine - table.K_seed_reference).abs() <= 2).all()
+
+
+def test_paso_threshold_rule_runs_the_notebooks_paso_with_both_rules(tmp_path) -> None:
+    script = SCRIPT.parent / "paso_threshold_rule.py"
+    proc = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--scale", "smoke"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "tables" / "paso_threshold_rule.csv")
+    assert list(table.threshold_errors) == ["seed", "next_guess"] * 2
+    assert list(table.study) == ["cifar_paso"] * 2 + ["wikitext_paso"] * 2
+    assert ((table.K >= 1) & (table.K <= table["T"])).all()

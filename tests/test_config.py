@@ -34,6 +34,7 @@ BAD = [
     ({"task": "vision", "method": "ddp", "nproc": 3, "batch_size": 64}, "batch_size=64 is not divisible"),
     ({"lr_schedule": "step"}, "lr_schedule='step'.*constant, cosine"),
     ({"adaptivity": "max"}, "adaptivity='max'.*mean, median"),
+    ({"threshold_errors": "last"}, "threshold_errors='last'.*seed, next_guess"),
     ({"method": "optex", "P": 2, "history": 1}, "history=1"),
     ({"method": "optex", "P": 2, "lengthscale": 0.0}, "lengthscale=0.0"),
     ({"method": "optex", "P": 2, "noise": -1e-3}, "noise=-0.001"),

@@ -110,14 +110,15 @@ def test_distributed_rollout_equals_sequential(P: int, tmp_path) -> None:
         assert busiest <= busiest_rank_vectors(len(spec.state_names), P, by_pos[0]["rollout"]) * vector_bytes, label
 
 
-@pytest.mark.parametrize("adaptivity", ["mean", "median"])
-def test_engine_makes_the_seed_reference_decisions(adaptivity: str, tmp_path) -> None:
+@pytest.mark.parametrize("adaptivity,threshold_errors", [("mean", "seed"), ("median", "seed"),
+                                                          ("mean", "next_guess")])
+def test_engine_makes_the_seed_reference_decisions(adaptivity: str, threshold_errors: str, tmp_path) -> None:
     """The whole distributed loop against the seed's algorithm run in one process
     (``optim/paso_reference.py``), in float64 so that rounding cannot flip a decision:
     the same accepted steps every iteration, the same thresholds, the same final point."""
     P = 4
     options = dict(function="ackley", dim=300, seed=0, optimizer="adam", lr=1e-2, steps=120,
-                   threshold=1e-5, ema_decay=0.99, adaptivity=adaptivity)
+                   threshold=1e-5, ema_decay=0.99, adaptivity=adaptivity, threshold_errors=threshold_errors)
     mp.start_processes(train_main, args=(P, _free_port(), options, str(tmp_path)), nprocs=P, join=True,
                        start_method="spawn")
     engine = torch.load(tmp_path / "engine.pt", weights_only=False)
@@ -131,7 +132,7 @@ def test_engine_makes_the_seed_reference_decisions(adaptivity: str, tmp_path) ->
         return p.grad
 
     oracle = reference_paso(OptimSpec.from_config(cfg), start_point(options["dim"], options["seed"]), grad,
-                            cfg.steps, P, cfg.threshold, cfg.ema_decay, adaptivity)
+                            cfg.steps, P, cfg.threshold, cfg.ema_decay, adaptivity, threshold_errors)
     assert 1 < len(set(oracle.accepted)), "the setting should accept varying numbers of steps"
     assert engine["accepted"] == oracle.accepted
     assert engine["thresholds"] == pytest.approx(oracle.thresholds, rel=1e-9)

@@ -16,6 +16,9 @@ Threshold statistic: like the seed, which keeps ``P + 1`` guesses, every iterati
 error per position; the last position, whose next guess does not exist yet, compares its
 iterate with its own guess (the seed's extra guess under copy init). ``adaptivity="median"``
 takes the middle entry of the errors in window order (``errors[len // 2]``), as the seed does.
+``threshold_errors="next_guess"`` leaves the last position's error out (``P - 1`` errors):
+its guess is one step behind, so it inflates the tolerance, which costs quality on some tasks
+(the WikiText artifact measures both).
 
 Memory per rank: its guess (the model's parameters, in one padded flat vector), one gradient
 (which doubles as the parameter scan's accumulator), one optimizer state, and two
@@ -344,7 +347,8 @@ class PasoWorker:
         }
         ctx.check_finite(row["train_loss"], f"step {win.start} (window start)")
         win.last_loss = float(by_pos[window - 1, 2])
-        win.threshold = updated_threshold(win.threshold, errors, self.cfg.ema_decay, self.cfg.adaptivity)
+        adapted = errors if self.cfg.threshold_errors == "seed" else errors[:window - 1]
+        win.threshold = updated_threshold(win.threshold, adapted, self.cfg.ema_decay, self.cfg.adaptivity)
         self.slide(pos, window, accepted, out_x, out_state)
         win.start += accepted
         win.iterations += 1

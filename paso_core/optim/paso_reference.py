@@ -34,11 +34,11 @@ class ReferenceResult:
 
 
 def reference_paso(spec: OptimSpec, x0: torch.Tensor, grad: GradFn, steps: int, P: int, threshold: float,
-                   ema_decay: float, adaptivity: str = "mean", last_error: bool = True) -> ReferenceResult:
+                   ema_decay: float, adaptivity: str = "mean", threshold_errors: str = "seed") -> ReferenceResult:
     """Run the seed's PASO on ``grad(x, t)`` (already clipped) for ``steps`` optimizer steps.
 
-    ``last_error=False`` drops the last position's error from the threshold statistic: the
-    ``P - 1`` errors an earlier version of this repository used, kept as an ablation.
+    ``threshold_errors="next_guess"`` drops the last position's error from the threshold
+    statistic (the ``P - 1`` errors of the engine's option of the same name).
     """
     b, x_b, state_b = 0, x0.clone(), init_state(spec, x0)
     guesses = [x0.clone() for _ in range(P + 1)]  # guesses[i] is the guess of step b+i
@@ -56,7 +56,7 @@ def reference_paso(spec: OptimSpec, x0: torch.Tensor, grad: GradFn, steps: int, 
         accepted = next((i + 1 for i, e in enumerate(errors[:window - 1]) if not e <= threshold), window)
         out.accepted.append(accepted)
         out.thresholds.append(threshold)
-        finite = [e for e in (errors if last_error else errors[:window - 1]) if math.isfinite(e)]
+        finite = [e for e in (errors if threshold_errors == "seed" else errors[:window - 1]) if math.isfinite(e)]
         if finite and ema_decay != 1.0:
             stat = statistics.fmean(finite) if adaptivity == "mean" else finite[len(finite) // 2]
             threshold = threshold * ema_decay + stat * (1 - ema_decay)
