@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 from .config import RunConfig, validate
 from .context import PROGRESS_TAG
 from .distributed import check_devices
+from .provenance import provenance
 from .runs import RunResult, jsonl_to_csv, load_run, run_dir_for
 
 
@@ -347,6 +348,7 @@ def _keep_partial_run(cfg: RunConfig, run_dir: Path, sig: signal.Signals, wall_s
             "last_step": _last(rows, "steps_done") if _last(rows, "steps_done") is not None else _last(rows, "step"),
             "grad_evals": _last(rows, "grad_evals"), "last_train_loss": _last(rows, "train_loss"),
             "wall_time_s": wall_s, "checkpoint_kept": (run_dir / "checkpoint").is_dir(),
+            "provenance": provenance(cfg.world_size, cfg.threads_per_worker),
         }
         summary_path.write_text(json.dumps(summary, indent=2, default=str))
     return len(rows)

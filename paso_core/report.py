@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .config import ConfigError
+from .provenance import provenance
 from .runs import RunResult, artifacts_root
 
 __all__ = [
@@ -40,16 +40,8 @@ __all__ = [
 
 # ------------------------------------------------------------------------ saving
 def environment() -> dict[str, Any]:
-    """Where the numbers were measured (timings mean little without it)."""
-    import torch
-
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
+    """Where the numbers were measured (timings mean little without it): code, stack, machine."""
+    info = provenance()
     if hasattr(os, "getloadavg"):
         info["load_average_1_5_15_min"] = [round(v, 2) for v in os.getloadavg()]
     return info

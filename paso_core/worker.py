@@ -23,6 +23,7 @@ import torch.distributed as dist
 from .config import RunConfig
 from .context import NonFiniteLoss, StopRequested, WorkerContext
 from .distributed import Comm, init_process_group, peak_memory_mb, pick_device, set_threads
+from .provenance import provenance
 from .runs import jsonl_to_csv
 from .tasks import build_task
 
@@ -96,6 +97,7 @@ def _finish_summary(ctx: WorkerContext, summary: dict[str, Any], status: str) ->
         "world_size": ctx.world,
         "device": str(ctx.device),
         "torch_version": torch.__version__,
+        "provenance": provenance(ctx.world, torch.get_num_threads()) if ctx.is_main else None,
         "wall_time_s": time.perf_counter() - ctx.started,
         "bytes_sent_per_rank": [int(v) for v in gathered[:, 0].tolist()],
     })

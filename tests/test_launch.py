@@ -91,6 +91,9 @@ def test_run_directory_layout() -> None:
     assert json.loads((result.path / "config.json").read_text())["method"] == "serial"
     assert list(result.metrics["step"]) == list(range(6))
     assert result.summary["status"] == "completed"
+    prov = result.summary["provenance"]
+    assert prov["cpu_model"] and prov["torch"] and prov["world_size"] == 1 and prov["threads_per_worker"] >= 1
+    assert len(prov["git"]["commit"]) == 40 and isinstance(prov["git"]["dirty"], bool)
 
 
 def test_cli_runs_the_same_options(tmp_path) -> None:
