@@ -25,7 +25,7 @@ from .config import RunConfig, validate
 from .context import PROGRESS_TAG
 from .distributed import check_devices
 from .provenance import provenance
-from .runs import RunResult, jsonl_to_csv, load_run, run_dir_for
+from .runs import RunResult, jsonl_to_csv, load_run, read_metrics_rows, run_dir_for
 
 
 class RunError(RuntimeError):
@@ -313,18 +313,6 @@ def _catch_stop_signals(received: list[int]) -> Iterator[bool]:
             signal.signal(sig, old)
 
 
-def _read_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """The rows of ``metrics.jsonl``, skipping a last line torn by the kill."""
-    path = run_dir / "metrics.jsonl"
-    rows = []
-    if path.exists():
-        for line in path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                if line.strip():
-                    rows.append(json.loads(line))
-    return rows
-
-
 def _last(rows: list[dict[str, Any]], key: str) -> Any:
     return next((row[key] for row in reversed(rows) if row.get(key) is not None), None)
 
@@ -334,7 +322,7 @@ def _keep_partial_run(cfg: RunConfig, run_dir: Path, sig: signal.Signals, wall_s
 
     A summary the workers already wrote (the run finished as the signal came) is kept.
     """
-    rows = _read_rows(run_dir)
+    rows = read_metrics_rows(run_dir)
     if rows:
         import pandas as pd
 

@@ -69,14 +69,26 @@ def jsonl_to_csv(path: Path) -> None:
         frame.to_csv(path / "metrics.csv", index=False)
 
 
+def read_metrics_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows streamed to ``metrics.jsonl``; a last line cut short by a kill is dropped,
+    so a crashed or interrupted run still yields every complete row."""
+    jsonl = path / "metrics.jsonl"
+    if not jsonl.exists():
+        return []
+    lines = [line for line in jsonl.read_text(errors="replace").splitlines() if line.strip()]
+    rows = [json.loads(line) for line in lines[:-1]]
+    if lines:
+        try:
+            rows.append(json.loads(lines[-1]))
+        except json.JSONDecodeError:
+            pass
+    return rows
+
+
 def read_metrics_jsonl(path: Path) -> "pd.DataFrame":
     import pandas as pd
 
-    jsonl = path / "metrics.jsonl"
-    if not jsonl.exists():
-        return pd.DataFrame()
-    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(read_metrics_rows(path))
 
 
 @dataclass

@@ -182,3 +182,8 @@ def test_pick_device_never_shares_a_gpu(monkeypatch) -> None:
     with pytest.raises(RuntimeError, match="local rank 2 has no GPU of its own: only 2 visible"):
         pick_device(cfg, 2)
     assert pick_device(RunConfig(device="cpu"), 5) == torch.device("cpu")
+
+
+def test_partial_metrics_survive_a_line_torn_by_a_kill(tmp_path) -> None:
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "train_loss": 1.0}\n{"step": 1, "train_loss": 0.5}\n{"step": 2, "tr')
+    assert paso_core.load_run(tmp_path).metrics["step"].tolist() == [0, 1]
