@@ -20,11 +20,11 @@ $(VENV)/.installed: pyproject.toml
 # (PASO_SCALE=smoke), writing into a throw-away artifacts directory.
 test: setup
 	T=$$(mktemp -d) && PASO_SCALE=smoke PASO_ARTIFACTS=$$T/artifacts $(PY) -m pytest -q tests \
-	  --nbmake notebooks --nbmake-timeout=900 --basetemp=$$T/pytest
+	  --nbmake notebooks --nbmake-timeout=900 --basetemp=$$T/pytest --durations=15
 
 test-all: setup
 	T=$$(mktemp -d) && PASO_SCALE=smoke PASO_ARTIFACTS=$$T/artifacts $(PY) -m pytest -q -m "slow or not slow" \
-	  tests --nbmake notebooks --nbmake-timeout=900 --basetemp=$$T/pytest
+	  tests --nbmake notebooks --nbmake-timeout=900 --basetemp=$$T/pytest --durations=15
 
 artifacts: setup
 	$(PY) -m paso_core.reproduce --scale $(SCALE)

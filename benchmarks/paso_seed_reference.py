@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for adaptivity in ("mean", "median"):
         engine = paso_core.run(method="paso", adaptivity=adaptivity, **options).summary
-        oracle = oracle_runs(validate(RunConfig(method="paso", adaptivity=adaptivity, **options)), adaptivity)
+        oracle = oracle_runs(validate(RunConfig.from_dict(dict(method="paso", adaptivity=adaptivity, **options))), adaptivity)
         rows.append({
             "adaptivity": adaptivity, "T": args.steps,
             "K_engine": engine["iterations"], "K_seed_reference": oracle["seed"][0],

@@ -22,7 +22,7 @@ import pandas as pd
 
 import paso_core
 from paso_core import report
-from paso_core.config import THRESHOLD_ERRORS
+from paso_core.methods.paso import THRESHOLD_ERRORS
 from paso_core.experiments import cifar, wikitext
 
 #: The metric each study reports (lower is better for perplexity).

@@ -107,7 +107,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from paso_core import report
-from paso_core.experiments import cifar
+from paso_core.experiments import cifar, common
 
 pd.set_option("display.width", 200)
 pd.set_option("display.max_columns", 40)
@@ -155,11 +155,12 @@ setting = (f"{data_label}, {params['model']}, {params['steps']} steps, batch {pa
 TABLE_MD = """\
 ## Table: serial vs PASO vs naive DP vs DDP
 
-`test_accuracy` / `test_f1_macro`: final test accuracy and macro F1, mean ± std over seeds.
+`test_accuracy` / `test_f1_macro`: final test accuracy and macro F1, mean ± std over the `seeds`
+runs of the row (sample std, ddof = 1; no `±` for a single seed).
 `sequential_iterations`: `K` for PASO, `T` for the others; `grad_evals`: gradient evaluations
 (PASO recomputes steps until they converge); `images_consumed`: images through forward+backward.
-`train_time_s`: wall time from the first training step to the last, measured in the workers
-(torchrun start-up, data loading and the final evaluation excluded; `worker_wall_time_s` has the
+`train_time_s`: training seconds measured in the workers, the sum of every iteration's time
+(torchrun start-up, data loading and every evaluation excluded; `worker_wall_time_s` has the
 whole worker lifetime). Speed-ups are serial's value over the method's, per seed, then averaged.
 `peak_rss_mb_per_worker`: the largest peak resident memory of any worker.
 """
@@ -172,7 +173,7 @@ shown = ["method", "workers", "seeds", "test_accuracy", "test_f1_macro", "sequen
 csv_path, md_path = report.save_table(
     table, cifar.artifact_name(params, "results"), artifact_config,
     title=f"Serial vs PASO vs naive DP vs DDP: {setting}",
-    notes=plan.dataset.message)
+    notes=f"{plan.dataset.message}\\n\\nSpread: {common.STD_NOTE}.")
 print(f"saved {csv_path} and {md_path}")
 display(table[shown])
 """
@@ -180,9 +181,10 @@ display(table[shown])
 CURVES_MD = """\
 ## Curves
 
-Mean over seeds (band: ± std). Left: against *sequential iterations* (PASO's parallel
-iterations `K`, one step per iteration for the others), the axis on which PASO is designed
-to win. Right: against training wall time on this machine. PASO's training loss is that of
+Mean over seeds (band: ± std, sample std over the seeds, where at least two have data).
+Left: against *sequential iterations* (PASO's parallel iterations `K`, one step per iteration
+for the others), the axis on which PASO is designed to win. Right: against training time on
+this machine (setup and evaluations excluded). PASO's training loss is that of
 the step at each iteration's window start; its test accuracy is evaluated at the window start
 whenever the accepted steps cross an `eval_every` boundary.
 """
@@ -230,7 +232,7 @@ tradeoff = cifar.tradeoff_table(sweep, [r for r in serial_runs if r.config["seed
 csv_path, md_path = report.save_table(
     tradeoff, cifar.artifact_name(params, "tradeoff"), artifact_config,
     title=f"PASO trade-off (P={params['P']}): speed-up T/K and accuracy vs threshold and ema_decay, {setting}",
-    notes=plan.dataset.message)
+    notes=f"{plan.dataset.message}\\n\\nSpread: {common.STD_NOTE}.")
 print(f"saved {csv_path} and {md_path}")
 display(tradeoff)
 # the reference band uses every seed of serial: it shows how much accuracy varies by seed alone

@@ -95,6 +95,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from paso_core import report
+from paso_core.experiments import common
 from paso_core.experiments import wikitext as wt
 
 pd.set_option("display.max_colwidth", 120)
@@ -145,7 +146,8 @@ display(Markdown(data_text))
 TABLE_MD = """\
 ## Table 2: measured vs reported
 
-`PPL` is the final *test* perplexity (mean over seeds; `±` the std when there are several seeds);
+`PPL` is the final *test* perplexity (mean over seeds; `±` the sample std over the seeds, ddof = 1,
+when there are several);
 `total tokens` the tokens that went through forward+backward in training (PASO's recomputed
 steps included); `iterations` the sequential iterations (`K` for PASO, `T` for the others);
 `time` the training wall time; speed-ups are serial's value over the method's. Reported rows
@@ -162,16 +164,18 @@ csv_path, md_path = report.save_table(
     notes=("Measured rows: PPL = exp(total NLL / total predicted tokens) on the test split, on "
            f"{task_info.get('dataset')} with model {task_info.get('model')}; wall time = training time inside "
            "the workers (setup and periodic evaluations excluded). Reported rows: the numbers the PASO paper "
-           f"states for {wt.REPORTED_SETTING}; empty = not stated; speed-ups computed from the stated numbers."))
+           f"states for {wt.REPORTED_SETTING}; empty = not stated; speed-ups computed from the stated numbers. "
+           f"Spread: {common.STD_NOTE}."))
 print("saved", csv_path, "and", md_path)
 """
 
 CURVES_MD = """\
-## Validation perplexity against sequential iterations and wall time
+## Validation perplexity against sequential iterations and training time
 
 Left: the x-axis is *sequential iterations*. PASO reaches a given step after `K` parallel
 iterations, so its curve is compressed horizontally by `T/K`. Right: the same evaluations
-against training wall time.
+against training time (the seconds spent training before each evaluation: setup and
+evaluations excluded).
 """
 
 CURVES = """\

@@ -1,19 +1,23 @@
-"""Every option of a run, its default, and the checks done before any process starts.
+"""The options every run shares, its method's typed options, and the checks before any process starts.
 
-One dataclass serves the Python API, the CLI and the notebooks, so an option means
-the same thing everywhere and bad input is rejected in one place.
+:class:`RunConfig` holds what every method needs (task, data, optimiser, processes,
+bookkeeping); the method's own options are a small dataclass declared in its file
+(:mod:`paso_core.methods`) and held in ``cfg.options``. The flat keyword form
+(``paso_core.run(P=4, ...)``, CLI flags, papermill parameters) is split between the two
+by :meth:`RunConfig.from_dict`, so it keeps working while no method adds a branch here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-METHODS = ("serial", "paso", "optex", "naive_dp", "ddp")
+from .options import (ConfigError, check_bool, check_choice, check_int, check_number,
+                      check_path_or_none, option)
+
 TASKS = ("synthetic", "vision", "text")
 FUNCTIONS = ("sphere", "ackley", "rosenbrock")
 VISION_DATASETS = ("digits", "cifar10")
@@ -27,19 +31,12 @@ DEFAULT_CONTEXT = 1024  # GPT-2's
 DEFAULT_VOCAB_SIZE = 4096
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
-ADAPTIVITY = ("mean", "median")
-#: Which errors feed PASO's adaptive tolerance: the seed's P (the last position against its own
-#: guess) or only the P-1 that have a next guess (this repository's earlier rule).
-THRESHOLD_ERRORS = ("seed", "next_guess")
-PASO_INITS = ("copy", "extrapolate", "trajectory")
-PASO_ROLLOUTS = ("auto", "scan", "relay")
 DEVICES = ("auto", "cpu", "cuda")
 
 DEFAULT_DATASET = {"vision": "digits", "text": "pydoc"}
 DEFAULT_MODEL = {"vision": "cnn", "text": "gpt2-tiny"}
 DATASETS_BY_TASK = {"vision": VISION_DATASETS, "text": TEXT_DATASETS}
 MODELS_BY_TASK = {"vision": VISION_MODELS, "text": TEXT_MODELS}
-DATA_PARALLEL_METHODS = ("naive_dp", "ddp")
 ON_DISK_DATASETS = ("cifar10", "wikitext2")  # read from data_root (or downloaded); the others are bundled
 FAULT_KINDS = ("raise", "exit", "hang")
 #: Options that were once passed inside ``extra={...}``; :meth:`RunConfig.from_dict` still
@@ -48,86 +45,90 @@ LEGACY_EXTRA = ("n_positions", "vocab_size", "eval_test", "keep_dropout", "attn_
                 "dtype", "modelscope_cache", "inject_fault")
 
 
-class ConfigError(ValueError):
-    """Raised for an option value that cannot work; the message names the valid choices."""
-
-
 @dataclass
 class RunConfig:
-    """All options of one training run. Defaults give a small CPU run."""
+    """The options every run shares (defaults give a small CPU run) plus ``options``, the
+    method's own typed options (see :func:`paso_core.methods.get_method`)."""
 
-    method: str = "serial"
-    task: str = "synthetic"
+    method: str = option("serial", "training method (each declares its own options; see the list below)")
+    task: str = option("synthetic", "what is trained", TASKS)
     # synthetic task
-    function: str = "ackley"
-    dim: int = 10_000
-    init_range: float = 1.0
+    function: str = option("ackley", "synthetic test function (task=synthetic)", FUNCTIONS)
+    dim: int = option(10_000, "dimension of the synthetic function")
+    init_range: float = option(1.0, "synthetic start drawn uniformly from [-r, r]^dim")
     # vision / text data
-    dataset: str | None = None
-    data_root: str | None = None
-    download: bool = False
-    model: str | None = None
-    augment: bool = True
-    eval_batch_size: int = 512
-    eval_every: int = 0
+    dataset: str | None = option(None, "dataset (default: digits for vision, pydoc for text)",
+                                 VISION_DATASETS + TEXT_DATASETS)
+    data_root: str | None = option(None, "directory holding an on-disk dataset (cifar10, wikitext2)")
+    download: bool = option(False, "allow downloading a missing dataset or model (needs a network)")
+    model: str | None = option(None, "model (default: cnn for vision, gpt2-tiny for text)", VISION_MODELS + TEXT_MODELS)
+    augment: bool = option(True, "random crop (+ flip on CIFAR-10) of training images")
+    eval_batch_size: int = option(512, "examples per evaluation forward")
+    eval_every: int = option(0, "evaluate every this many optimizer steps (0: only at the end)")
     # text task
-    block_size: int = 128
-    model_dir: str | None = None
-    modelscope_id: str = "LLM-Research/Llama-3.2-1B"
-    modelscope_cache: str | None = None  # download directory (None: <cache_root>/modelscope)
-    n_positions: int = DEFAULT_CONTEXT  # context of the GPT-2 models built from a config
-    vocab_size: int = DEFAULT_VOCAB_SIZE  # BPE tokenizer trained for built models
-    eval_test: bool = True  # also score the test split, not only validation
-    keep_dropout: bool = False  # keep a pretrained model's dropout (zeroed by default)
-    attn_implementation: str = "sdpa"
-    dtype: str = "float32"  # parameter dtype
+    block_size: int = option(128, "tokens per training sequence")
+    model_dir: str | None = option(None, "directory of a local Hugging Face model (model=local)")
+    modelscope_id: str = option("LLM-Research/Llama-3.2-1B", "ModelScope model id (model=modelscope)")
+    modelscope_cache: str | None = option(None, "ModelScope download directory (None: <cache_root>/modelscope)")
+    n_positions: int = option(DEFAULT_CONTEXT, "context of the GPT-2 models built from a config")
+    vocab_size: int = option(DEFAULT_VOCAB_SIZE, "BPE vocabulary trained for built models")
+    eval_test: bool = option(True, "also score the test split, not only validation")
+    keep_dropout: bool = option(False, "keep a pretrained model's dropout (zeroed by default)")
+    attn_implementation: str = option("sdpa", "attention kernel of Hugging Face models", ATTN_IMPLEMENTATIONS)
+    dtype: str = option("float32", "parameter dtype ('auto': a pretrained checkpoint's own)", MODEL_DTYPES)
     # optimisation
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-    momentum: float = 0.9
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float | None = None
-    grad_clip: float | None = None
-    steps: int = 1000
-    batch_size: int = 64
-    seed: int = 0
+    optimizer: str = option("adam", "optimizer (torch.optim)", OPTIMIZERS)
+    lr: float = option(1e-3, "peak learning rate")
+    lr_schedule: str = option("constant", "learning-rate schedule after warm-up", LR_SCHEDULES)
+    warmup_steps: int = option(0, "linear warm-up steps")
+    min_lr_ratio: float = option(0.0, "cosine schedule's final lr as a fraction of lr")
+    momentum: float = option(0.9, "momentum of optimizer=momentum")
+    betas: tuple[float, float] = option((0.9, 0.999), "Adam/AdamW betas")
+    eps: float = option(1e-8, "Adam/AdamW epsilon")
+    weight_decay: float | None = option(None, "weight decay (None: torch's default, 0.01 for AdamW, else 0)")
+    grad_clip: float | None = option(None, "clip the gradient's global L2 norm to this (None: no clipping)")
+    steps: int = option(1000, "optimizer steps T")
+    batch_size: int = option(64, "global batch size of one step")
+    seed: int = option(0, "seed of initialisation, data order and augmentation")
     # processes
-    nproc: int | None = None
-    nnodes: int = 1
-    node_rank: int = 0
-    rdzv_endpoint: str | None = None
-    device: str = "auto"
-    threads_per_worker: int | None = None
-    collective_timeout_s: float = 300.0
-    stall_timeout_s: float = 900.0
-    # PASO
-    P: int = 4
-    threshold: float = 1e-5
-    ema_decay: float = 0.999
-    adaptivity: str = "mean"
-    threshold_errors: str = "seed"
-    init: str = "copy"
-    init_trajectory: str | None = None  # torch file of a recorded trajectory (init='trajectory')
-    rollout: str = "auto"
-    # OptEx
-    history: int = 20
-    lengthscale: float = 1.0
-    noise: float = 1e-3
-    tune_every: int = 10
+    nproc: int | None = option(None, "worker processes per node (None: the method's default)")
+    nnodes: int = option(1, "nodes")
+    node_rank: int = option(0, "this node's rank (multi-node runs)")
+    rdzv_endpoint: str | None = option(None, "host:port of the rendezvous (multi-node runs)")
+    device: str = option("auto", "where workers run (auto: CUDA when available)", DEVICES)
+    threads_per_worker: int | None = option(None, "torch threads per worker (None: cores / local workers)")
+    collective_timeout_s: float = option(300.0, "a collective waiting longer than this fails the run")
+    stall_timeout_s: float = option(900.0, "the launcher kills a run silent for this long")
     # bookkeeping
-    out_dir: str | None = None
-    run_name: str | None = None
-    log_every: int = 1
-    checkpoint_every: int = 0
-    resume: bool = False
-    stop_after: int | None = None
-    progress: bool = True
-    # test hook of the worker: {"rank": r, "kind": "raise" | "exit" | "hang"}
-    inject_fault: dict[str, Any] | None = None
+    out_dir: str | None = option(None, "run directory (None: artifacts/runs/<name>)")
+    run_name: str | None = option(None, "run directory name under artifacts/runs")
+    log_every: int = option(1, "write a training row every this many iterations")
+    checkpoint_every: int = option(0, "checkpoint every this many iterations (0: never)")
+    resume: bool = option(False, "continue from the run directory's checkpoint")
+    stop_after: int | None = option(None, "stop (with a checkpoint) after this many iterations")
+    progress: bool = option(True, "show a progress bar")
+    inject_fault: dict[str, Any] | None = option(
+        None, "test hook of the worker: {'rank': r, 'kind': 'raise' | 'exit' | 'hang'}")
+    #: The method's typed options (set from the method's defaults when not given).
+    options: Any = dataclasses.field(default=None, metadata={"help": "", "flag": False})
+
+    def __post_init__(self) -> None:
+        if self.options is None and isinstance(self.method, str):
+            from .methods import get_method
+
+            try:
+                self.options = get_method(self.method).options()
+            except ConfigError:
+                pass  # an unknown method is reported by validate()
+
+    def __getattr__(self, name: str) -> Any:
+        """A method option read as ``cfg.P``: the flat form the API and notebooks use."""
+        if name.startswith("__") or name == "options":
+            raise AttributeError(name)
+        options = self.__dict__.get("options")
+        if options is not None and name in {f.name for f in dataclasses.fields(options)}:
+            return getattr(options, name)
+        raise AttributeError(f"{type(self).__name__} has no option {name!r} (method={self.__dict__.get('method')!r})")
 
     # ------------------------------------------------------------------ derived
     @property
@@ -144,28 +145,52 @@ class RunConfig:
         return 0.01 if self.optimizer == "adamw" else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The flat form: the shared options and this method's options side by side."""
+        data = {f.name: getattr(self, f.name) for f in shared_fields()}
+        if self.options is not None:
+            data.update(dataclasses.asdict(self.options))
+        return data
 
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
-        """A config from keyword options; unknown names are an error naming the valid ones."""
+        """A config from flat keyword options; unknown names, and options of another method,
+        are an error naming the valid ones."""
+        from .methods import get_method, owners_of
+
         data = _merge_legacy_extra(data)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        shared = {f.name for f in shared_fields()}
+        method = data.get("method", "serial")
+        spec = get_method(method)
+        own = {f.name for f in dataclasses.fields(spec.options)}
+        unknown = sorted(set(data) - shared - own - {"options"})
+        for name in unknown:
+            owners = owners_of(name)
+            if owners:
+                raise ConfigError(
+                    f"option {name}={data[name]!r} belongs to method(s) {', '.join(owners)}, not to "
+                    f"method={method!r}; {method!r} takes: {', '.join(sorted(own)) or 'no options of its own'}")
         if unknown:
-            raise ConfigError(
-                f"unknown option(s) {unknown}; valid options are: {', '.join(sorted(names))}"
-            )
-        if "betas" in data and data["betas"] is not None:
-            data["betas"] = tuple(data["betas"])
-        return cls(**data)
+            raise ConfigError(f"unknown option(s) {unknown}; valid options for method={method!r} are: "
+                              f"{', '.join(sorted(shared | own))}")
+        common = {k: v for k, v in data.items() if k in shared}
+        if "betas" in common and common["betas"] is not None:
+            common["betas"] = tuple(common["betas"])
+        options = data.get("options")
+        if options is None:
+            options = spec.options(**{k: v for k, v in data.items() if k in own})
+        return cls(**common, options=options)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "RunConfig":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def shared_fields() -> list[dataclasses.Field]:
+    """The options of every run (what is not a method's own option)."""
+    return [f for f in dataclasses.fields(RunConfig) if f.name != "options"]
 
 
 def _merge_legacy_extra(data: dict[str, Any]) -> dict[str, Any]:
@@ -194,77 +219,63 @@ def _merge_legacy_extra(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not valid; choose one of: {', '.join(choices)}")
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name}={value!r} is not valid; it must be an integer >= {minimum}")
-
-
-def _bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{name}={value!r} is not valid; it must be True or False")
-
-
-def _path_or_none(name: str, value: Any) -> None:
-    if value is not None and not isinstance(value, str):
-        raise ConfigError(f"{name}={value!r} is not valid; give a path as a string (or None)")
-
-
-def _finite(name: str, value: Any, low: float | None = None, high: float | None = None,
-            low_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        lo = "" if low is None else (f"> {low}" if low_open else f">= {low}")
-        hi = "" if high is None else f"<= {high}"
-        rng = " and ".join(s for s in (lo, hi) if s) or "finite"
-        raise ConfigError(f"{name}={value!r} is not valid; it must be a number {rng}")
-
-
 def resolve(cfg: RunConfig) -> RunConfig:
     """Fill the defaults that depend on other options (dataset, model, nproc)."""
+    from .methods import get_method
+
     cfg = dataclasses.replace(cfg)
     if cfg.task in DEFAULT_DATASET and cfg.dataset is None:
         cfg.dataset = DEFAULT_DATASET[cfg.task]
     if cfg.task in DEFAULT_MODEL and cfg.model is None:
         cfg.model = DEFAULT_MODEL[cfg.task]
     if cfg.nproc is None:
-        cfg.nproc = {"serial": 1, "paso": cfg.P, "optex": cfg.P}.get(cfg.method, 2)
+        cfg.nproc = get_method(cfg.method).default_nproc(cfg.options)
     return cfg
 
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Check every option; return the resolved config or raise ConfigError naming the value."""
-    _choice("method", cfg.method, METHODS)
-    _choice("task", cfg.task, TASKS)
-    _positive_int("P", cfg.P)
+    from .methods import get_method
+    from .parallel import DimsError
+
+    spec = get_method(cfg.method)
+    if not isinstance(cfg.options, spec.options):
+        raise ConfigError(f"options={cfg.options!r} are not {spec.options.__name__} (method={cfg.method!r})")
+    check_choice("task", cfg.task, TASKS)
     if cfg.nproc is not None:
-        _positive_int("nproc", cfg.nproc)
+        check_int("nproc", cfg.nproc)
     cfg = resolve(cfg)
+    cfg.options.check(cfg)
+    _check_task(cfg)
+    _check_optimizer(cfg)
+    _check_processes(cfg)
+    try:
+        spec.dims(cfg).check_world(cfg.world_size)
+    except DimsError as err:
+        rule = f" {spec.world_rule};" if spec.world_rule else ":"
+        raise ConfigError(f"method={cfg.method!r}{rule} got nproc={cfg.nproc}, nnodes={cfg.nnodes}. {err}") from None
+    _check_fault(cfg.inject_fault, cfg.world_size)
+    return cfg
+
+
+def _check_task(cfg: RunConfig) -> None:
     if cfg.task == "synthetic":
-        _choice("function", cfg.function, FUNCTIONS)
-        _positive_int("dim", cfg.dim, 2)
-        _finite("init_range", cfg.init_range, 0.0, low_open=True)
+        check_choice("function", cfg.function, FUNCTIONS)
+        check_int("dim", cfg.dim, 2)
+        check_number("init_range", cfg.init_range, 0.0, low_open=True)
     else:
-        _choice("dataset", cfg.dataset, DATASETS_BY_TASK[cfg.task])
-        _choice("model", cfg.model, MODELS_BY_TASK[cfg.task])
-        _positive_int("eval_batch_size", cfg.eval_batch_size)
-    _choice("attn_implementation", cfg.attn_implementation, ATTN_IMPLEMENTATIONS)
-    _choice("dtype", cfg.dtype, MODEL_DTYPES)
-    _bool("eval_test", cfg.eval_test)
-    _bool("keep_dropout", cfg.keep_dropout)
-    _path_or_none("modelscope_cache", cfg.modelscope_cache)
+        check_choice("dataset", cfg.dataset, DATASETS_BY_TASK[cfg.task])
+        check_choice("model", cfg.model, MODELS_BY_TASK[cfg.task])
+        check_int("eval_batch_size", cfg.eval_batch_size)
+    check_choice("attn_implementation", cfg.attn_implementation, ATTN_IMPLEMENTATIONS)
+    check_choice("dtype", cfg.dtype, MODEL_DTYPES)
+    check_bool("eval_test", cfg.eval_test)
+    check_bool("keep_dropout", cfg.keep_dropout)
+    check_path_or_none("modelscope_cache", cfg.modelscope_cache)
     if cfg.task == "text":
-        _positive_int("block_size", cfg.block_size, 2)
-        _positive_int("n_positions", cfg.n_positions)
-        _positive_int("vocab_size", cfg.vocab_size, 257)  # byte-level BPE: 256 bytes + eos
+        check_int("block_size", cfg.block_size, 2)
+        check_int("n_positions", cfg.n_positions)
+        check_int("vocab_size", cfg.vocab_size, 257)  # byte-level BPE: 256 bytes + eos
         if cfg.model == "local" and not cfg.model_dir:
             raise ConfigError("model='local' needs model_dir=<directory with config.json and weights>")
         if cfg.model_dir and not Path(cfg.model_dir).is_dir():
@@ -278,73 +289,54 @@ def validate(cfg: RunConfig) -> RunConfig:
         problem = dataset_problem(str(cfg.dataset), cfg.data_root)
         if problem is not None:
             raise ConfigError(problem)
-    _choice("optimizer", cfg.optimizer, OPTIMIZERS)
-    _choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
-    _choice("adaptivity", cfg.adaptivity, ADAPTIVITY)
-    _choice("threshold_errors", cfg.threshold_errors, THRESHOLD_ERRORS)
-    _choice("init", cfg.init, PASO_INITS)
-    _check_init_trajectory(cfg)
-    _choice("rollout", cfg.rollout, PASO_ROLLOUTS)
-    _choice("device", cfg.device, DEVICES)
-    _finite("lr", cfg.lr, 0.0, low_open=True)
-    _finite("momentum", cfg.momentum, 0.0, 1.0)
-    _finite("eps", cfg.eps, 0.0, low_open=True)
-    _finite("min_lr_ratio", cfg.min_lr_ratio, 0.0, 1.0)
+
+
+def _check_optimizer(cfg: RunConfig) -> None:
+    check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
+    check_choice("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
+    check_number("lr", cfg.lr, 0.0, low_open=True)
+    check_number("momentum", cfg.momentum, 0.0, 1.0)
+    check_number("eps", cfg.eps, 0.0, low_open=True)
+    check_number("min_lr_ratio", cfg.min_lr_ratio, 0.0, 1.0)
     if len(cfg.betas) != 2:
         raise ConfigError(f"betas={cfg.betas!r} is not valid; give two numbers in [0, 1)")
     for b in cfg.betas:
-        _finite("betas", b, 0.0, 0.999999999)
-    _finite("weight_decay", cfg.resolved_weight_decay, 0.0)
+        check_number("betas", b, 0.0, 0.999999999)
+    check_number("weight_decay", cfg.resolved_weight_decay, 0.0)
     if cfg.grad_clip is not None:
-        _finite("grad_clip", cfg.grad_clip, 0.0, low_open=True)
-    _positive_int("steps", cfg.steps)
-    _positive_int("batch_size", cfg.batch_size)
-    _positive_int("warmup_steps", cfg.warmup_steps, 0)
-    _positive_int("seed", cfg.seed, 0)
-    _positive_int("nproc", cfg.nproc)
-    _positive_int("nnodes", cfg.nnodes)
-    if cfg.method == "serial" and cfg.world_size != 1:
-        raise ConfigError(
-            f"method='serial' runs one process, so nproc*nnodes must be 1; got nproc={cfg.nproc}, "
-            f"nnodes={cfg.nnodes}. Use nproc=1, or a data-parallel method ({', '.join(DATA_PARALLEL_METHODS)}) "
-            "to train on more workers")
-    _check_fault(cfg.inject_fault, cfg.world_size)
-    _positive_int("log_every", cfg.log_every)
-    _positive_int("checkpoint_every", cfg.checkpoint_every, 0)
-    _positive_int("eval_every", cfg.eval_every, 0)
-    _finite("collective_timeout_s", cfg.collective_timeout_s, 0.0, low_open=True)
-    _finite("stall_timeout_s", cfg.stall_timeout_s, 0.0, low_open=True)
+        check_number("grad_clip", cfg.grad_clip, 0.0, low_open=True)
+    check_int("steps", cfg.steps)
+    check_int("batch_size", cfg.batch_size)
+    check_int("warmup_steps", cfg.warmup_steps, 0)
+    check_int("seed", cfg.seed, 0)
+
+
+def _check_processes(cfg: RunConfig) -> None:
+    check_choice("device", cfg.device, DEVICES)
+    check_int("nproc", cfg.nproc)
+    check_int("nnodes", cfg.nnodes)
+    check_int("log_every", cfg.log_every)
+    check_int("checkpoint_every", cfg.checkpoint_every, 0)
+    check_int("eval_every", cfg.eval_every, 0)
+    check_number("collective_timeout_s", cfg.collective_timeout_s, 0.0, low_open=True)
+    check_number("stall_timeout_s", cfg.stall_timeout_s, 0.0, low_open=True)
     if cfg.stop_after is not None:
-        _positive_int("stop_after", cfg.stop_after)
-    if cfg.method in ("paso", "optex"):
-        if cfg.P > cfg.steps:
-            raise ConfigError(f"P={cfg.P} is larger than steps={cfg.steps}; use P <= steps")
-        if cfg.world_size != cfg.P:
-            raise ConfigError(
-                f"method={cfg.method!r} runs one worker per window step, so nproc*nnodes "
-                f"must equal P; got nproc={cfg.nproc}, nnodes={cfg.nnodes}, P={cfg.P}"
-            )
-    if cfg.rollout == "scan" and cfg.optimizer != "adamw" and cfg.resolved_weight_decay > 0:
-        raise ConfigError(
-            f"rollout='scan' needs weight decay outside the gradient; optimizer={cfg.optimizer!r} with "
-            f"weight_decay={cfg.resolved_weight_decay} couples it in: use rollout='relay' or 'auto', "
-            "or optimizer='adamw'")
-    _finite("threshold", cfg.threshold, 0.0)
-    _finite("ema_decay", cfg.ema_decay, 0.0, 1.0)
-    if cfg.method == "optex":
-        _positive_int("history", cfg.history, 2)
-        _finite("lengthscale", cfg.lengthscale, 0.0, low_open=True)
-        _finite("noise", cfg.noise, 0.0, low_open=True)
-        _positive_int("tune_every", cfg.tune_every, 0)
-    if cfg.method in DATA_PARALLEL_METHODS and cfg.task != "synthetic":
-        if cfg.batch_size % cfg.world_size:
-            raise ConfigError(
-                f"batch_size={cfg.batch_size} is not divisible by nproc*nnodes={cfg.world_size}; "
-                f"method={cfg.method!r} splits each global batch evenly across workers"
-            )
+        check_int("stop_after", cfg.stop_after)
     if cfg.nnodes > 1 and not cfg.rdzv_endpoint:
         raise ConfigError(f"nnodes={cfg.nnodes} needs rdzv_endpoint='host:port' of the rendezvous")
-    return cfg
+
+
+def check_batch_splits(cfg: RunConfig, parts: int, why: str) -> None:
+    """A global batch must split evenly into ``parts`` (data-parallel shards, micro-batches)."""
+    if cfg.task != "synthetic" and cfg.batch_size % parts:
+        raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by {parts} ({why}); "
+                          f"method={cfg.method!r} splits each global batch evenly")
+
+
+def check_window(cfg: RunConfig, P: int) -> None:
+    """A window of ``P`` steps must fit the run."""
+    if P > cfg.steps:
+        raise ConfigError(f"P={P} is larger than steps={cfg.steps}; use P <= steps")
 
 
 def dataset_problem(dataset: str, data_root: str | None) -> str | None:
@@ -390,22 +382,6 @@ def _check_context(cfg: RunConfig) -> None:
         raise ConfigError(str(err)) from None
 
 
-def _check_init_trajectory(cfg: RunConfig) -> None:
-    """init='trajectory' seeds PASO's guesses from a recorded trajectory file, and only it reads one."""
-    _path_or_none("init_trajectory", cfg.init_trajectory)
-    if cfg.init != "trajectory":
-        if cfg.init_trajectory is not None:
-            raise ConfigError(f"init_trajectory={cfg.init_trajectory!r} is only read with init='trajectory' "
-                              f"(got init={cfg.init!r}); set init='trajectory' or drop init_trajectory")
-        return
-    if not cfg.init_trajectory:
-        raise ConfigError("init='trajectory' needs init_trajectory=<torch file holding the recorded "
-                          "parameter trajectory>; or choose init from: copy, extrapolate")
-    if not Path(cfg.init_trajectory).is_file():
-        raise ConfigError(f"init_trajectory={cfg.init_trajectory!r} is not a file; give the torch file "
-                          "holding the recorded parameter trajectory")
-
-
 def _check_fault(fault: Any, world_size: int) -> None:
     """The worker's fault-injection test hook: which rank fails, and how."""
     if fault is None:
@@ -417,4 +393,4 @@ def _check_fault(fault: Any, world_size: int) -> None:
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
         raise ConfigError(f"inject_fault rank={rank!r} is not valid; it must be an integer in "
                           f"0..{world_size - 1}, one of the run's nproc*nnodes={world_size} ranks")
-    _choice("inject_fault kind", fault.get("kind", "raise"), FAULT_KINDS)
+    check_choice("inject_fault kind", fault.get("kind", "raise"), FAULT_KINDS)

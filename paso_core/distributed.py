@@ -1,7 +1,8 @@
 """Process-group and device helpers: gloo on CPU, NCCL on CUDA, and byte accounting.
 
-Every message a method sends goes through :class:`Comm`, so the bytes each rank sends
-are counted the same way for every method and can be compared side by side.
+Every message a method sends goes through :class:`Comm` (one per process group, all sharing
+one :class:`ByteMeter`), so the bytes each rank sends are counted the same way for every
+method and can be compared side by side.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -98,18 +100,67 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     return out
 
 
-class Comm:
-    """Thin wrapper over ``torch.distributed`` that counts the payload bytes this rank sends.
+@dataclass
+class ByteMeter:
+    """Bytes this rank sent and seconds it spent communicating, shared by all its groups.
 
-    Byte model: a point-to-point send counts its payload; a broadcast counts the payload on
-    the source; an all-reduce counts ``2 (w-1)/w`` of the payload (ring); an all-gather
-    counts ``(w-1)`` times this rank's part.
+    Every byte figure says where it comes from: ``measured`` bytes are counted from the
+    tensors a rank handed to point-to-point sends; ``modelled`` bytes come from a formula
+    for a collective whose internal traffic the backend decides (ring all-reduce, tree
+    broadcast), such as DDP's bucketed all-reduce inside backward.
     """
 
-    def __init__(self, rank: int, world: int, device: torch.device) -> None:
-        self.rank, self.world, self.device = rank, world, device
-        self.bytes_sent = 0
-        self.seconds = 0.0  # wall time spent inside communication calls
+    measured: int = 0
+    modelled: int = 0
+    seconds: float = 0.0
+    _at_mark: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.measured + self.modelled
+
+    def since_mark(self) -> int:
+        """Bytes sent since the previous call (one iteration's traffic, when called once per iteration)."""
+        total = self.total
+        delta, self._at_mark = total - self._at_mark, total
+        return delta
+
+
+class Comm:
+    """``torch.distributed`` for one group of ranks, counting bytes and time in a shared meter.
+
+    Ranks are *global* ranks (what ``torch.distributed`` takes for ``src``/``dst`` with a
+    group); ``size`` and ``group_rank`` describe the group. Byte model: a point-to-point
+    send counts its payload (measured); a broadcast counts ``(n-1)`` payloads on the
+    source, an all-reduce ``2 (n-1)/n`` of the payload (ring), an all-gather ``(n-1)``
+    times this rank's part (all modelled).
+    """
+
+    def __init__(self, rank: int, world: int, device: torch.device, meter: ByteMeter | None = None,
+                 group: Any = None, name: str = "world") -> None:
+        self.rank, self.device, self.group, self.name = rank, device, group, name
+        self.meter = meter if meter is not None else ByteMeter()
+        if group is None:
+            self.world, self.group_rank = world, rank
+        else:
+            self.world, self.group_rank = dist.get_world_size(group), dist.get_rank(group)
+
+    def sub(self, group: Any, name: str) -> "Comm":
+        """The same meter on a sub-group (e.g. ``mesh.get_group("tp")``)."""
+        return Comm(self.rank, self.world, self.device, self.meter, group=group, name=name)
+
+    # ------------------------------------------------------------ accounting
+    @property
+    def bytes_sent(self) -> int:
+        return self.meter.total
+
+    @property
+    def seconds(self) -> float:
+        return self.meter.seconds
+
+    def add_modelled(self, nbytes: int) -> None:
+        """Bytes of communication done outside this object (e.g. DDP's hooks), by formula."""
+        self.meter.modelled += int(nbytes)
 
     @contextlib.contextmanager
     def _timed(self) -> Iterator[None]:
@@ -117,90 +168,116 @@ class Comm:
         try:
             yield
         finally:
-            self.seconds += time.perf_counter() - tic
+            self.meter.seconds += time.perf_counter() - tic
 
     @staticmethod
     def _nbytes(tensor: torch.Tensor) -> int:
         return tensor.numel() * tensor.element_size()
 
+    # ------------------------------------------------------- point to point
+    def isend(self, tensor: torch.Tensor, dst: int) -> dist.Work:
+        """Start sending ``tensor`` (contiguous, kept alive by the caller) to global rank ``dst``;
+        returns the handle to ``wait()`` on. Non-blocking, so 1F1B schedules cannot deadlock."""
+        self.meter.measured += self._nbytes(tensor)
+        with self._timed():
+            return dist.isend(tensor, dst, group=self.group)
+
+    def irecv(self, tensor: torch.Tensor, src: int) -> dist.Work:
+        """Start receiving into ``tensor`` from global rank ``src``; returns the handle."""
+        with self._timed():
+            return dist.irecv(tensor, src, group=self.group)
+
+    def wait(self, works: list[dist.Work]) -> None:
+        with self._timed():
+            for work in works:
+                work.wait()
+
     def exchange(self, tensor: torch.Tensor | None, send_to: int | None,
                  recv_from: int | None, recv_into: torch.Tensor | None = None) -> torch.Tensor | None:
-        """Send ``tensor`` to ``send_to`` and receive one from ``recv_from`` (either may be None).
+        """Send ``tensor`` to ``send_to`` and receive one from ``recv_from`` (either may be None),
+        and wait for both.
 
         The message lands in ``recv_into`` when given (a reused buffer keeps per-iteration
         allocations, and so peak memory, flat), else in a new tensor shaped like ``tensor``.
         """
-        with self._timed():
-            return self._exchange(tensor, send_to, recv_from, recv_into)
-
-    def _exchange(self, tensor: torch.Tensor | None, send_to: int | None,
-                  recv_from: int | None, recv_into: torch.Tensor | None) -> torch.Tensor | None:
-        ops: list[dist.P2POp] = []
         received = None
         if recv_from is not None:
             if recv_into is None:
                 assert tensor is not None, "nothing to shape the receive buffer after"
                 recv_into = torch.empty_like(tensor)
             received = recv_into
-            ops.append(dist.P2POp(dist.irecv, received, recv_from))
-        if send_to is not None and tensor is not None:
-            ops.append(dist.P2POp(dist.isend, tensor.contiguous(), send_to))
-            self.bytes_sent += self._nbytes(tensor)
-        if not ops:
-            return received
+        payload = tensor.contiguous() if send_to is not None and tensor is not None else None
+        if payload is None and received is None:
+            return None
         if self.device.type == "cuda":
             # NCCL: group the pair so lazily created peer communicators cannot deadlock.
-            requests = dist.batch_isend_irecv(ops)
+            ops = ([dist.P2POp(dist.irecv, received, recv_from, group=self.group)] if received is not None else [])
+            if payload is not None:
+                ops.append(dist.P2POp(dist.isend, payload, send_to, group=self.group))
+                self.meter.measured += self._nbytes(payload)
+            with self._timed():
+                works = dist.batch_isend_irecv(ops)
         else:
             # gloo: plain isend/irecv (batch_isend_irecv hangs on gloo before torch 2.8).
-            requests = [op.op(op.tensor, op.peer) for op in ops]
-        for request in requests:
-            request.wait()
+            works = [self.irecv(received, recv_from)] if received is not None else []
+            if payload is not None:
+                works.append(self.isend(payload, send_to))
+        self.wait(works)
         return received
 
+    # ----------------------------------------------------------- collectives
     def broadcast_(self, tensor: torch.Tensor, src: int) -> torch.Tensor:
         if self.world > 1:
             with self._timed():
-                dist.broadcast(tensor, src=src)
+                dist.broadcast(tensor, src=src, group=self.group)
         if self.rank == src:
-            self.bytes_sent += self._nbytes(tensor) * max(0, self.world - 1)
+            self.meter.modelled += self._nbytes(tensor) * max(0, self.world - 1)
         return tensor
 
     def all_reduce_(self, tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
         if self.world > 1:
             with self._timed():
-                dist.all_reduce(tensor, op=op)
-            self.bytes_sent += int(2 * (self.world - 1) / self.world * self._nbytes(tensor))
+                dist.all_reduce(tensor, op=op, group=self.group)
+            self.meter.modelled += int(2 * (self.world - 1) / self.world * self._nbytes(tensor))
         return tensor
 
     def all_gather_into_rows(self, tensor: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """All-gather one flat tensor per rank into the rows of ``out`` (world, d)."""
+        """All-gather one flat tensor per rank into the rows of ``out`` (group size, d)."""
         if self.world == 1:
             out[0].copy_(tensor)
             return out
         with self._timed():
-            dist.all_gather(list(out.unbind(0)), tensor.contiguous())
-        self.bytes_sent += self._nbytes(tensor) * (self.world - 1)
+            dist.all_gather(list(out.unbind(0)), tensor.contiguous(), group=self.group)
+        self.meter.modelled += self._nbytes(tensor) * (self.world - 1)
         return out
 
     def all_gather_floats(self, values: list[float]) -> torch.Tensor:
-        """Gather a short list of floats from every rank into a (world, len) CPU float64 tensor."""
+        """Gather a short list of floats from every rank of the group into a (size, len) CPU float64 tensor."""
         local = torch.tensor(values, dtype=torch.float64, device=self.device)
         if self.world == 1:
             return local.unsqueeze(0).cpu()
         parts = [torch.empty_like(local) for _ in range(self.world)]
         with self._timed():
-            dist.all_gather(parts, local)
-        self.bytes_sent += self._nbytes(local) * (self.world - 1)
+            dist.all_gather(parts, local, group=self.group)
+        self.meter.modelled += self._nbytes(local) * (self.world - 1)
         return torch.stack(parts).cpu()
 
     def broadcast_object(self, obj: Any, src: int) -> Any:
         if self.world == 1:
             return obj
         box = [obj]
-        dist.broadcast_object_list(box, src=src, device=self.device if self.device.type == "cuda" else None)
+        dist.broadcast_object_list(box, src=src, group=self.group,
+                                   device=self.device if self.device.type == "cuda" else None)
         return box[0]
+
+    def gather_objects(self, obj: Any, dst: int) -> list[Any] | None:
+        """Every group rank's ``obj`` on global rank ``dst`` (None elsewhere)."""
+        if self.world == 1:
+            return [obj]
+        out: list[Any] | None = [None] * self.world if self.rank == dst else None
+        dist.gather_object(obj, out, dst=dst, group=self.group)
+        return out
 
     def barrier(self) -> None:
         if self.world > 1:
-            dist.barrier()
+            dist.barrier(group=self.group)

@@ -19,9 +19,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from .config import RunConfig, validate
+from .options import ConfigError
 from .context import PROGRESS_TAG
 from .distributed import check_devices
 from .provenance import provenance
@@ -63,8 +64,9 @@ class RunInterrupted(RunError):
         return 128 + int(self.signal)
 
 
-def torchrun_command(cfg: RunConfig, config_path: Path) -> list[str]:
-    """The ``torch.distributed.run`` command line for this config (multi-node passed through)."""
+def torchrun_command(cfg: RunConfig, config_path: Path, *more: Path) -> list[str]:
+    """The ``torch.distributed.run`` command line for this config (multi-node passed through);
+    ``more`` configs of the same world run one after the other in the same launch."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={cfg.nproc}",
            f"--nnodes={cfg.nnodes}", "--max-restarts=0", "--monitor-interval=0.5"]
     if cfg.nnodes == 1 and not cfg.rdzv_endpoint:
@@ -72,7 +74,7 @@ def torchrun_command(cfg: RunConfig, config_path: Path) -> list[str]:
     else:
         cmd += ["--rdzv-backend=c10d", f"--rdzv-endpoint={cfg.rdzv_endpoint}",
                 f"--rdzv-id={config_path.parent.name}", f"--node-rank={cfg.node_rank}"]
-    return cmd + ["-m", "paso_core.worker", str(config_path)]
+    return cmd + ["-m", "paso_core.worker", str(config_path), *map(str, more)]
 
 
 def _prepare_run_dir(cfg: RunConfig) -> Path:
@@ -342,6 +344,12 @@ def _keep_partial_run(cfg: RunConfig, run_dir: Path, sig: signal.Signals, wall_s
     return len(rows)
 
 
+#: Options that configure the processes rather than the training: runs sharing one launch
+#: must agree on them.
+PROCESS_OPTIONS = ("nproc", "nnodes", "node_rank", "rdzv_endpoint", "device", "threads_per_worker",
+                   "collective_timeout_s")
+
+
 def launch(cfg: RunConfig) -> RunResult:
     """Validate ``cfg``, run it under torchrun and return its :class:`RunResult`.
 
@@ -350,26 +358,47 @@ def launch(cfg: RunConfig) -> RunResult:
     left to the caller, so a script or sweep that catches the error still tells the user
     where the run is) and :class:`RunInterrupted` is raised.
     """
+    return launch_all([cfg])[0]
+
+
+def launch_all(cfgs: Sequence[RunConfig]) -> list[RunResult]:
+    """Run several configs of the same world one after the other in ONE torchrun launch.
+
+    Why: starting torchrun and joining the group costs seconds, which dominates small
+    runs such as the equivalence matrix. Failures and signals are reported as by
+    :func:`launch`, for the run that was running.
+    """
     started = time.monotonic()
-    cfg = validate(cfg)
-    check_devices(cfg)
-    run_dir = _prepare_run_dir(cfg)
+    cfgs = [validate(c) for c in cfgs]
+    if not cfgs:
+        return []
+    first = cfgs[0]
+    for cfg in cfgs[1:]:
+        differ = [k for k in PROCESS_OPTIONS if getattr(cfg, k) != getattr(first, k)]
+        if differ:
+            raise ConfigError(f"runs sharing one launch must agree on {', '.join(differ)}: "
+                              + ", ".join(f"{k}={getattr(first, k)!r} vs {getattr(cfg, k)!r}" for k in differ))
+    check_devices(first)
+    run_dirs = [_prepare_run_dir(cfg) for cfg in cfgs]
+    if len(set(run_dirs)) != len(run_dirs):
+        raise ConfigError("runs sharing one launch need different run directories (out_dir or run_name)")
+    launcher_log = run_dirs[0] / "logs" / "launcher.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     env.setdefault("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
     received: list[int] = []
     stalled = False
     with _catch_stop_signals(received):
-        proc = subprocess.Popen(torchrun_command(cfg, run_dir / "config.json"), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
-        progress = _Progress(cfg.progress, f"{cfg.method}/{cfg.task}")
+        proc = subprocess.Popen(torchrun_command(first, *[d / "config.json" for d in run_dirs]),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)
+        progress = _Progress(first.progress, f"{first.method}/{first.task}")
         last_seen = [time.monotonic()]
-        reader = threading.Thread(target=_follow, args=(proc, run_dir / "logs" / "launcher.log", progress,
-                                                         last_seen), daemon=True)
+        reader = threading.Thread(target=_follow, args=(proc, launcher_log, progress, last_seen), daemon=True)
         reader.start()
         try:
             while proc.poll() is None and not received:
                 time.sleep(0.2)
-                if time.monotonic() - last_seen[0] > cfg.stall_timeout_s and not received:
+                if time.monotonic() - last_seen[0] > first.stall_timeout_s and not received:
                     stalled = True
                     _stop_tree(proc, _STALL_GRACE_S, hurry=lambda: bool(received))
             if received:
@@ -380,6 +409,10 @@ def launch(cfg: RunConfig) -> RunResult:
         finally:
             reader.join(timeout=5)
             progress.close()
+    unfinished = [(c, d) for c, d in zip(cfgs, run_dirs) if not (d / "summary.json").exists()]
+    cfg, run_dir = unfinished[0] if unfinished else (first, run_dirs[0])
+    if run_dir != run_dirs[0] and launcher_log.exists():
+        shutil.copy(launcher_log, run_dir / "logs" / "launcher.log")
     if received:
         sig = signal.Signals(received[0])
         rows = _keep_partial_run(cfg, run_dir, sig, time.monotonic() - started)
@@ -393,4 +426,4 @@ def launch(cfg: RunConfig) -> RunResult:
     if proc.returncode != 0:
         jsonl_to_csv(run_dir)
         raise _failure_report(run_dir, proc.returncode)
-    return load_run(run_dir)
+    return [load_run(d) for d in run_dirs]

@@ -1,10 +1,12 @@
 """Method-agnostic helpers the notebooks share: save figures/tables with their config,
-align runs on sequential iterations, aggregate over seeds, and fill notebook parameters.
+draw seed-aggregated curves, and fill notebook parameters.
 
 Every artifact is written next to a JSON file holding the configuration that produced it
 (and the machine it ran on), so a figure or table found on disk can be traced back to
 the exact settings without the notebook. Nothing here knows about a particular method:
-the caller names the metric columns.
+the caller names the metric columns. Reading runs (curves, training time, the mean ± std
+convention) is :mod:`paso_core.experiments.common`; its curve and statistics functions are
+re-exported here (``report.sequential_curve`` is ``common.sequential_curve``).
 """
 
 from __future__ import annotations
@@ -12,16 +14,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .config import ConfigError
+from .experiments.common import (STD_NOTE, format_mean_std, iterations_to_reach, mean_std, run_curve,
+                                 sequential_curve)
 from .provenance import provenance
-from .runs import RunResult, artifacts_root
+from .runs import artifacts_root
 
 __all__ = [
     "environment",
@@ -34,6 +37,7 @@ __all__ = [
     "plot_curves",
     "mean_std",
     "format_mean_std",
+    "STD_NOTE",
     "resolve_parameters",
 ]
 
@@ -129,130 +133,31 @@ def save_table(df: pd.DataFrame, name: str, config: Mapping[str, Any] | None = N
 
 
 # ----------------------------------------------------------------------- curves
-def run_curve(result: RunResult, y: str, x: str = "iteration", *, x_offset: float = 0,
-              final: str | None = None, final_x: str = "iterations",
-              transform: Callable[[pd.Series], pd.Series] | None = None) -> pd.DataFrame:
-    """One run's metric ``y`` against ``x`` as a two-column frame sorted by ``x``.
-
-    ``x_offset`` shifts the axis: rows that log the loss at the *start* of iteration ``i``
-    (before its update) describe the state after ``i-1`` iterations, so pass ``-1``.
-    ``final`` names a summary key appended at ``x = summary[final_x]`` (e.g. the final
-    gap after the last iteration, which no "start of iteration" row contains).
-    """
-    metrics = result.metrics
-    if y not in metrics.columns or x not in metrics.columns:
-        raise KeyError(f"run {result.path} has no column {y!r} or {x!r}; columns: {list(metrics.columns)}")
-    frame = metrics[[x, y]].dropna().astype(float).copy()
-    frame[x] = frame[x] + x_offset
-    if final is not None:
-        if final not in result.summary or final_x not in result.summary:
-            raise KeyError(f"summary of {result.path} lacks {final!r} or {final_x!r}")
-        frame = pd.concat([frame, pd.DataFrame({x: [float(result.summary[final_x])],
-                                                y: [float(result.summary[final])]})])
-    frame = frame.sort_values(x, kind="stable").drop_duplicates(subset=x, keep="last")
-    if transform is not None:
-        frame[y] = transform(frame[y])
-    return frame.reset_index(drop=True)
-
-
-def _aggregate(curves: Sequence[pd.DataFrame], x: str, y: str) -> pd.DataFrame:
-    """Mean/std/min/max over runs on the union of their x values (step-wise hold inside a run)."""
-    grid = np.unique(np.concatenate([c[x].to_numpy() for c in curves]))
-    columns = []
-    for c in curves:
-        s = pd.Series(c[y].to_numpy(), index=c[x].to_numpy())
-        held = s.reindex(grid, method="ffill")
-        held[(grid < s.index.min()) | (grid > s.index.max())] = np.nan  # no data outside a run
-        columns.append(held.to_numpy())
-    values = np.vstack(columns)
-    count = np.isfinite(values).sum(0)
-    with warnings.catch_warnings():  # all-NaN columns (no run at that x) give NaN, silently
-        warnings.simplefilter("ignore", RuntimeWarning)
-        out = pd.DataFrame({
-            x: grid, "mean": np.nanmean(values, 0), "std": np.nanstd(values, 0, ddof=0),
-            "min": np.nanmin(values, 0), "max": np.nanmax(values, 0), "n": count,
-        })
-    return out
-
-
-def sequential_curve(results: Sequence[RunResult] | Mapping[str, Sequence[RunResult]], y: str,
-                     x: str = "iteration", **curve_options: Any) -> pd.DataFrame:
-    """Align several runs (e.g. seeds) on sequential iterations and aggregate them.
-
-    ``results`` is a list of runs (one group) or ``{label: runs}`` (several groups; the
-    output then has a ``label`` column). Options go to :func:`run_curve` (``x_offset``,
-    ``final``, ``transform`` — e.g. ``np.log10`` to average log-gaps). Output columns:
-    ``x, mean, std, min, max, n`` where ``n`` counts the runs that have data at ``x``
-    (a run contributes from its first to its last logged ``x``, holding its last value
-    in between, so runs logged at different iterations still line up).
-    """
-    if isinstance(results, Mapping):
-        parts = []
-        for label, runs in results.items():
-            part = sequential_curve(runs, y, x, **curve_options)
-            part.insert(0, "label", label)
-            parts.append(part)
-        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    runs = list(results)
-    if not runs:
-        raise ValueError("sequential_curve needs at least one run")
-    return _aggregate([run_curve(r, y, x, **curve_options) for r in runs], x, y)
-
-
-def iterations_to_reach(metrics: pd.DataFrame, column: str, target: float, x: str = "iteration",
-                        mode: str = "below") -> float:
-    """First ``x`` at which ``column`` reaches ``target`` (``<=`` for ``below``, ``>=`` for ``above``).
-
-    Returns NaN if it is never reached, so callers can report "not reached" rather than a
-    misleading number. Works on raw metrics or on a :func:`run_curve` frame.
-    """
-    if mode not in ("below", "above"):
-        raise ValueError(f"mode must be 'below' or 'above', got {mode!r}")
-    if column not in metrics.columns or x not in metrics.columns:
-        raise KeyError(f"no column {column!r} or {x!r}; columns: {list(metrics.columns)}")
-    frame = metrics[[x, column]].dropna().sort_values(x, kind="stable")
-    hit = frame[column] <= target if mode == "below" else frame[column] >= target
-    return float(frame.loc[hit, x].iloc[0]) if bool(hit.any()) else float("nan")
-
-
+# The curves and the mean ± std convention live in the experiments' shared layer
+# (:mod:`paso_core.experiments.common`); they are re-exported here for existing callers.
 def plot_curves(ax: Any, curves: pd.DataFrame, x: str = "iteration", *, band: str = "std",
-                labels: Mapping[str, str] | None = None, alpha: float = 0.2) -> Any:
+                labels: Mapping[str, str] | None = None, colors: Mapping[str, str] | None = None,
+                alpha: float = 0.2, style: str = "-", drawstyle: str = "steps-post", **line: Any) -> Any:
     """Draw :func:`sequential_curve` output (with a ``label`` column): mean line + spread band.
 
-    ``band`` is ``"std"`` (mean ± std), ``"range"`` (min … max) or ``"none"``.
+    ``band`` is ``"std"`` (mean ± std, see :data:`STD_NOTE`), ``"range"`` (min … max) or
+    ``"none"``; it is drawn where more than one run has data. ``labels`` and ``colors`` map
+    a group's label to its legend text and colour; ``style``, ``drawstyle`` and ``line``
+    go to ``ax.plot``.
     """
     if band not in ("std", "range", "none"):
         raise ValueError(f"band must be 'std', 'range' or 'none', got {band!r}")
     groups = curves.groupby("label", sort=False) if "label" in curves.columns else [("", curves)]
+    step = "post" if drawstyle == "steps-post" else None
     for label, part in groups:
         name = (labels or {}).get(label, label)
-        (line,) = ax.plot(part[x], part["mean"], label=name, drawstyle="steps-post")
+        (drawn,) = ax.plot(part[x], part["mean"], style, label=name, drawstyle=drawstyle,
+                           color=(colors or {}).get(label), **line)
         if band != "none" and (part["n"] > 1).any():
-            lo, hi = ((part["mean"] - part["std"], part["mean"] + part["std"]) if band == "std"
+            lo, hi = ((part["mean"] - part["std"].fillna(0), part["mean"] + part["std"].fillna(0)) if band == "std"
                       else (part["min"], part["max"]))
-            ax.fill_between(part[x], lo, hi, step="post", color=line.get_color(), alpha=alpha, linewidth=0)
+            ax.fill_between(part[x], lo, hi, step=step, color=drawn.get_color(), alpha=alpha, linewidth=0)
     return ax
-
-
-# ----------------------------------------------------------------- formatting
-def mean_std(values: Iterable[float]) -> tuple[float, float]:
-    """Mean and (population) standard deviation of the finite values; NaN if none."""
-    arr = np.asarray([float(v) for v in values], dtype=float)
-    arr = arr[np.isfinite(arr)]
-    if arr.size == 0:
-        return float("nan"), float("nan")
-    return float(arr.mean()), float(arr.std())
-
-
-def format_mean_std(values: Iterable[float], fmt: str = ".3g") -> str:
-    """``"m ± s"`` over seeds (just ``"m"`` for one value; ``"n/a"`` when nothing is finite)."""
-    vals = [float(v) for v in values]
-    finite = [v for v in vals if math.isfinite(v)]
-    if not finite:
-        return "n/a"
-    m, s = mean_std(finite)
-    text = format(m, fmt) if len(finite) == 1 else f"{format(m, fmt)} ± {format(s, fmt)}"
-    return text if len(finite) == len(vals) else f"{text} ({len(finite)}/{len(vals)})"
 
 
 # ------------------------------------------------------------------ widgets

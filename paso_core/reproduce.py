@@ -23,6 +23,8 @@ SCALES = ("smoke", "default", "paper")
 
 # benchmark command lines per scale (paper scale uses the scripts' own defaults)
 BENCHMARKS: dict[str, dict[str, list[str]]] = {
+    # run first: it checks every engine against serial training before any experiment
+    "engine_canary": {"smoke": ["--task", "synthetic"], "default": [], "paper": []},
     "paso_scaling": {
         "smoke": ["--dim", "20000", "--steps", "20", "--P", "2", "4"],
         "default": ["--dim", "4000000", "--steps", "60", "--relay"],
@@ -97,13 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown job(s) {sorted(unknown)}; choose from {', '.join(NOTEBOOKS + tuple(BENCHMARKS))}")
     jobs: list[JobResult] = []
+    if "engine_canary" in wanted:
+        print("[reproduce] engine canary (every method's first step vs serial) ...", flush=True)
+        jobs.append(run_benchmark("engine_canary", args.scale, root))
+        print(f"[reproduce]   {'ok' if jobs[-1].ok else 'FAILED'} in {jobs[-1].seconds:.0f}s", flush=True)
     for name in NOTEBOOKS:
         if name in wanted:
             print(f"[reproduce] notebook {name} (scale={args.scale}) ...", flush=True)
             jobs.append(run_notebook(name, args.scale, root / "notebooks"))
             print(f"[reproduce]   {'ok' if jobs[-1].ok else 'FAILED'} in {jobs[-1].seconds:.0f}s", flush=True)
     for name in BENCHMARKS:
-        if name in wanted:
+        if name in wanted and name != "engine_canary":
             print(f"[reproduce] benchmark {name} ...", flush=True)
             jobs.append(run_benchmark(name, args.scale, root))
             print(f"[reproduce]   {'ok' if jobs[-1].ok else 'FAILED'} in {jobs[-1].seconds:.0f}s", flush=True)

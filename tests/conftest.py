@@ -16,3 +16,15 @@ def isolated_artifacts(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
     root = tmp_path_factory.mktemp("artifacts")
     monkeypatch.setenv("PASO_ARTIFACTS", str(root))
     return root
+
+
+@pytest.fixture(scope="session")
+def paso_cache(tmp_path_factory: pytest.TempPathFactory):
+    """One throw-away cache for the session: the BPE tokenizer is trained once, then reused."""
+    old = os.environ.get("PASO_CACHE")
+    os.environ["PASO_CACHE"] = str(tmp_path_factory.mktemp("paso_cache"))
+    yield
+    if old is None:
+        os.environ.pop("PASO_CACHE", None)
+    else:
+        os.environ["PASO_CACHE"] = old

@@ -24,6 +24,7 @@ from paso_core.config import RunConfig, validate
 from paso_core.context import WorkerContext
 from paso_core.distributed import Comm
 from paso_core.methods.paso import PasoWorker
+from paso_core.parallel import ParallelDims
 from paso_core.tasks.synthetic import Point
 
 DIM = 50
@@ -45,9 +46,9 @@ class Case:
     def config(self, world: int) -> RunConfig:
         """P = world; training ends at ``start + window`` when the window is cut short."""
         steps = self.start + self.window if self.window < world else self.start + world + 5
-        return validate(RunConfig(method="paso", P=world, nproc=world, optimizer=self.optimizer, lr=0.05,
+        return validate(RunConfig.from_dict(dict(method="paso", P=world, nproc=world, optimizer=self.optimizer, lr=0.05,
                                   lr_schedule="cosine", warmup_steps=3, steps=steps, grad_clip=self.grad_clip,
-                                  weight_decay=self.weight_decay, progress=False))
+                                  weight_decay=self.weight_decay, progress=False)))
 
 
 def case_inputs(case: Case, world: int) -> dict[str, Any]:
@@ -165,10 +166,10 @@ def train_main(rank: int, world: int, port: int, options: dict[str, Any], out_di
     torch.set_num_threads(1)
     opts = dict(options)
     function, dim, seed = opts.pop("function"), opts.pop("dim"), opts.pop("seed")
-    cfg = validate(RunConfig(method="paso", P=world, nproc=world, progress=False, **opts))
+    cfg = validate(RunConfig.from_dict(dict(method="paso", P=world, nproc=world, progress=False, **opts)))
     ctx = WorkerContext(cfg=cfg, rank=rank, world=world, local_rank=rank, device=torch.device("cpu"),
                         comm=Comm(rank, world, torch.device("cpu")), run_dir=Path(out_dir),
-                        log=logging.getLogger(f"harness.rank{rank}"))
+                        log=logging.getLogger(f"harness.rank{rank}"), dims=ParallelDims(window=world))
     worker = PasoWorker(ctx, FunctionTask(function, start_point(dim, seed)))
     rows = []
     while worker.win.start < cfg.steps:

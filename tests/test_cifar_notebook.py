@@ -23,7 +23,7 @@ import torch
 
 import paso_core
 from paso_core.config import ConfigError, RunConfig
-from paso_core.experiments import cifar
+from paso_core.experiments import cifar, common
 from paso_core.runs import RunResult
 
 matplotlib.use("Agg")
@@ -51,33 +51,51 @@ def write_cifar_layout(root: Path, per_file: int = 10, skip: tuple[str, ...] = (
     return directory
 
 
-def fake_metrics(rows: int, dt: float, t0: float = 3.0, duration_col: str = "time_grad_s",
-                 eval_at: tuple[int, ...] = ()) -> pd.DataFrame:
-    """Training rows whose training time is exactly ``rows * dt`` (first step starts at t0)."""
-    data = [{"wall_time_s": t0 + dt * (i + 1), "iteration": i + 1, "train_loss": 2.0 / (i + 1),
-             duration_col: dt} for i in range(rows)]
-    for k in eval_at:  # serial-style evaluation rows: keyed by step, no iteration
-        data.append({"wall_time_s": t0 + dt * k + 1e-3, "step": k, "eval_test_accuracy": k / rows})
-    return pd.DataFrame(data).sort_values("wall_time_s").reset_index(drop=True)
+def fake_metrics(rows: int, dt: float, t0: float = 3.0, eval_at: tuple[int, ...] = (), steps: int | None = None,
+                 eval_s: float = 0.5) -> pd.DataFrame:
+    """Rows of the metrics schema: ``rows`` training iterations of ``dt`` seconds each (so the
+    training time is exactly ``rows * dt``), after ``t0`` seconds of setup, with evaluation
+    rows (``kind='eval'``, ``eval_s`` each, excluded from training time) after the
+    iterations in ``eval_at``. ``steps`` spreads that many optimizer steps over the rows."""
+    steps = steps or rows
+    data, wall = [], t0
+    for i in range(rows):
+        wall += dt
+        done = round(steps * (i + 1) / rows)
+        common = {"wall_time_s": wall, "iteration": i + 1, "steps_done": done, "grad_evals": done,
+                  "items": done * 32, "train_time_s": dt * (i + 1)}
+        data.append({"kind": "train", **common, "train_loss": 2.0 / (i + 1), "lr": 1e-3, "time_iteration_s": dt,
+                     "time_compute_s": 0.8 * dt, "time_comm_s": 0.1 * dt, "bytes_measured": 0, "bytes_modelled": 0,
+                     "bytes_iter_max": 0})
+        if i + 1 in eval_at:
+            wall += eval_s
+            data.append({"kind": "eval", **common, "wall_time_s": wall, "time_eval_s": eval_s,
+                         "eval_test_accuracy": (i + 1) / rows, "eval_test_f1_macro": (i + 1) / rows - 0.01})
+    return pd.DataFrame(data)
 
 
 def fake_run(method: str, seed: int, *, iterations: int, dt: float, accuracy: float,
              threshold: float = 1e-5, ema_decay: float = 0.999, status: str = "completed",
-             rss: float = 100.0, steps: int = 100, world: int = 1) -> RunResult:
-    duration = {"serial": "time_grad_s", "paso": "iteration_time_s"}.get(method, "time_step_s")
-    metrics = fake_metrics(iterations, dt, duration_col=duration)
+             rss: float = 100.0, steps: int = 100, world: int = 1, eval_at: tuple[int, ...] = ()) -> RunResult:
+    """A run directory's contents as the schema writes them; PASO runs have PASO's columns
+    and options, the others only the common ones."""
+    metrics = fake_metrics(iterations, dt, steps=steps, eval_at=eval_at)
+    config = {"method": method, "seed": seed, "nproc": world}
     if method == "paso":
-        metrics["accepted"] = steps / iterations
-        metrics["threshold"] = threshold
-        metrics["err_mean"] = 0.1
+        train = metrics["kind"] == "train"
+        metrics.loc[train, "accepted"] = steps / iterations
+        metrics.loc[train, "threshold"] = threshold
+        metrics.loc[train, "err_mean"] = 0.1
+        metrics.loc[train, "window_start"] = metrics.loc[train, "steps_done"] - steps / iterations
+        config.update({"P": 4, "threshold": threshold, "ema_decay": ema_decay, "adaptivity": "mean"})
     summary = {"status": status, "steps": steps, "iterations": iterations,
                "grad_evals": steps * (2 if method == "paso" else 1), "speedup": steps / iterations,
                "overhead": 2.0 if method == "paso" else 1.0, "final_test_accuracy": accuracy,
                "final_test_f1": accuracy - 0.01, "items_consumed": steps * 32, "wall_time_s": 99.0,
                "peak_rss_mb_max": rss, "bytes_sent_per_rank": [2**20] * world, "world_size": world,
-               "final_threshold": threshold}
-    config = {"method": method, "seed": seed, "threshold": threshold, "ema_decay": ema_decay, "P": 4,
-              "nproc": world}
+               "train_time_s": iterations * dt}
+    if method == "paso":
+        summary["final_threshold"] = threshold
     return RunResult(path=Path(f"/nonexistent/{method}-{seed}-{threshold}-{ema_decay}"), summary=summary,
                      metrics=metrics, config=config)
 
@@ -182,6 +200,23 @@ def test_plan_smoke_runs_every_method_and_the_sweep() -> None:
     assert sweep == [(1e-5, 0.999), (1e-1, 0.999)]  # the main point is not run twice
     assert len({cifar.describe_config(c) for c in configs}) == len(configs)
     assert all(c.threads_per_worker == 1 for c in configs)
+
+
+def test_plan_passes_each_method_only_its_own_options() -> None:
+    """serial / naive DP / DDP get none of PASO's knobs (another method's option is an error
+    of RunConfig.from_dict), PASO gets P, threshold, ema_decay and adaptivity."""
+    params = cifar.resolve_params({"adaptivity": "median"}, scale="smoke")
+    for method in cifar.METHODS:
+        options = cifar.run_options(params, method, 0)
+        if method == "paso":
+            assert {k: options[k] for k in ("P", "threshold", "ema_decay", "adaptivity")} == {
+                "P": 4, "threshold": 1e-5, "ema_decay": 0.999, "adaptivity": "median"}
+        else:
+            assert not {"P", "threshold", "ema_decay", "adaptivity"} & set(options), method
+    flat = {c.method: c.to_dict() for c in cifar.plan_runs(params)}
+    assert "threshold" not in flat["serial"] and "P" not in flat["ddp"] and flat["paso"]["adaptivity"] == "median"
+    with pytest.raises(ConfigError, match="threshold"):
+        cifar.run_options(params, "serial", 0, threshold=0.1)
 
 
 def test_plan_with_P7_gives_seven_paso_workers() -> None:
@@ -295,9 +330,10 @@ def fake_results() -> list[RunResult]:
 PARAMS = {"threshold": 1e-5, "ema_decay": 0.999, "seeds": [0, 1], "sweep_n_seeds": 1, "P": 4}
 
 
-def test_training_time_excludes_setup() -> None:
-    run = fake_run("serial", 0, iterations=100, dt=0.1, accuracy=0.9)
-    assert cifar.training_time(run) == pytest.approx(10.0)
+def test_training_time_excludes_setup_and_evaluations() -> None:
+    run = fake_run("serial", 0, iterations=100, dt=0.1, accuracy=0.9, eval_at=(50, 100))
+    assert common.training_time(run) == pytest.approx(10.0)  # 100 iterations of 0.1 s; setup, 2 evals out
+    assert run.metrics["wall_time_s"].max() == pytest.approx(3.0 + 10.0 + 2 * 0.5)  # the worker clock has them
 
 
 def test_grouping_separates_main_runs_from_the_sweep(fake_results: list[RunResult]) -> None:
@@ -315,8 +351,8 @@ def test_results_table_columns_and_numbers(fake_results: list[RunResult]) -> Non
         assert column in table.columns
     serial, paso, ddp = table.loc["serial"], table.loc["PASO"], table.loc["DDP"]
     assert serial["test_accuracy_mean"] == pytest.approx(0.85)
-    assert serial["test_accuracy_std"] == pytest.approx(0.05)
-    assert serial["test_accuracy"] == "0.8500 ± 0.0500"
+    assert serial["test_accuracy_std"] == pytest.approx(np.std([0.9, 0.8], ddof=1))  # sample std over 2 seeds
+    assert serial["test_accuracy"] == "0.8500 ± 0.0707"
     assert paso["speedup_iterations"] == pytest.approx(2.5)          # 100 / 40
     assert paso["speedup_wall"] == pytest.approx(10.0 / 20.0)        # serial 10 s, PASO 20 s of training
     assert ddp["speedup_wall"] == pytest.approx(10.0 / 4.0)
@@ -324,6 +360,8 @@ def test_results_table_columns_and_numbers(fake_results: list[RunResult]) -> Non
     assert paso["peak_rss_mb_per_worker"] == 150 and paso["workers"] == 4
     assert paso["sent_mb_per_worker_max"] == pytest.approx(1.0)
     assert serial["speedup_iterations"] == 1.0 and serial["seeds"] == 2
+    one_seed = cifar.results_table({"serial": [fake_run("serial", 0, iterations=10, dt=0.1, accuracy=0.9)]})
+    assert np.isnan(one_seed.loc[0, "test_accuracy_std"]) and one_seed.loc[0, "test_accuracy"] == "0.9000"
 
 
 def test_results_table_without_serial_leaves_speedups_empty(fake_results: list[RunResult]) -> None:
@@ -341,32 +379,36 @@ def test_tradeoff_table(fake_results: list[RunResult]) -> None:
     assert trade.loc[1.0, "failed"] == 1 and np.isnan(trade.loc[1.0, "test_accuracy_mean"])
     with pytest.raises(ValueError, match="PASO runs only"):
         cifar.tradeoff_table(serial)
+    assert trade.loc[1e-5, "seeds"] == 1 and np.isnan(trade.loc[1e-5, "speedup_T_over_K_std"])  # n < 2: blank
 
 
-def test_eval_rows_get_sequential_iterations() -> None:
-    run = fake_run("serial", 0, iterations=10, dt=0.1, accuracy=0.9)
-    run.metrics = fake_metrics(10, 0.1, eval_at=(5, 10))
-    aligned = cifar.aligned_metrics(run)
-    evals = aligned.dropna(subset=["eval_test_accuracy"])
-    assert list(evals["iteration"]) == [5, 10, 10]  # periodic evaluations, then the final one
-    final = evals.iloc[-1]
-    assert final["final_eval"] is True and final["eval_test_accuracy"] == pytest.approx(0.9)
-    assert final["train_time_s"] == pytest.approx(1.0)  # at the end of the last step
-    assert aligned["train_time_s"].min() == pytest.approx(0.1)
+def test_accuracy_curve_reads_eval_rows_and_ends_with_the_final_evaluation() -> None:
+    run = fake_run("serial", 0, iterations=10, dt=0.1, accuracy=0.95, eval_at=(5, 10))
+    curves = cifar.curves({"serial": [run]})
+    acc = curves["accuracy_vs_iteration"]
+    assert list(acc["iteration"]) == [5, 10]  # periodic evaluations; the final one replaces the last
+    assert list(acc["mean"]) == pytest.approx([0.5, 0.95])  # 0.95: the summary's final accuracy
+    wall = curves["accuracy_vs_wall"]
+    assert list(wall["train_time_s"]) == pytest.approx([0.5, 1.0])  # training seconds, evaluations out
+    loss = curves["loss_vs_iteration"]
+    assert list(loss["iteration"]) == list(range(1, 11))  # training rows only
 
 
 def test_curves_and_figures_from_fake_runs(fake_results: list[RunResult], monkeypatch: pytest.MonkeyPatch) -> None:
     import matplotlib.pyplot as plt
 
-    for r in fake_results:
-        r.metrics = pd.concat([r.metrics, pd.DataFrame({"wall_time_s": [50.0], "step": [50], "iteration": [50],
-                                                         "eval_test_accuracy": [0.5]})], ignore_index=True)
+    for r in fake_results:  # one evaluation half way
+        half = r.summary["iterations"] // 2
+        r.metrics = fake_metrics(r.summary["iterations"], 0.1, steps=r.summary["steps"], eval_at=(half,))
+        if r.config["method"] == "paso":
+            r.metrics.loc[r.metrics["kind"] == "train", ["accepted", "threshold", "err_mean"]] = [2.5, 1e-5, 0.1]
     groups = cifar.main_results(fake_results, PARAMS)
     data = cifar.curves(groups)
     assert set(data) == set(cifar.CURVES)
     assert set(data["loss_vs_iteration"]["label"]) == {"serial", "paso", "ddp"}
     acc = data["accuracy_vs_iteration"]
     assert set(acc.loc[acc["label"] == "serial", "iteration"]) == {50, 100}  # periodic + final evaluation
+    assert set(acc.loc[acc["label"] == "paso", "iteration"]) == {20, 40}
     final = acc[(acc["label"] == "serial") & (acc["iteration"] == 100)]
     assert float(final["mean"].iloc[0]) == pytest.approx(0.85)              # mean of the seeds' final accuracy
     dyn = cifar.paso_dynamics(groups["paso"])
@@ -397,7 +439,8 @@ def test_discussion_is_generated_from_the_numbers(fake_results: list[RunResult])
     fallback = cifar.DatasetChoice("cifar10", "digits", None, True, "WARNING")
     text = cifar.discussion(table, trade, params, fallback, cpu_count=2)
     assert "2.50x in iterations" in text                  # 100 / 40
-    assert "2.00x slower" in text                         # wall speed-up 0.5
+    assert "2.00x slower" in text                         # wall speed-up 0.5: 10 s vs 20 s of training
+    assert "20.0 s vs 10.0 s of training" in text
     assert "share 2 core(s)" in text
     assert "fallback" in text and "60000 steps" in text   # names the dataset and what is not reproduced
     assert "1 sweep run(s) did not finish" in text

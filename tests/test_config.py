@@ -28,20 +28,25 @@ BAD = [
     ({"method": "paso", "ema_decay": 1.5}, "ema_decay=1.5"),
     ({"method": "paso", "ema_decay": -0.1}, "ema_decay=-0.1"),
     ({"nproc": 0}, "nproc=0"),
-    ({"method": "paso", "P": 4, "nproc": 2}, "nproc\\*nnodes must equal P"),
+    ({"method": "paso", "P": 4, "nproc": 2}, "nproc\\*nnodes must equal P; got nproc=2.*window=4 need 4 processes"),
     ({"task": "vision", "dataset": "cifar10"}, "needs data_root"),
     ({"task": "vision", "dataset": "cifar10", "data_root": "/no/such/dir"}, "data_root='/no/such/dir' does not exist"),
     ({"task": "vision", "method": "ddp", "nproc": 3, "batch_size": 64}, "batch_size=64 is not divisible"),
     ({"lr_schedule": "step"}, "lr_schedule='step'.*constant, cosine"),
-    ({"adaptivity": "max"}, "adaptivity='max'.*mean, median"),
-    ({"threshold_errors": "last"}, "threshold_errors='last'.*seed, next_guess"),
+    ({"method": "paso", "adaptivity": "max"}, "adaptivity='max'.*mean, median"),
+    ({"method": "paso", "threshold_errors": "last"}, "threshold_errors='last'.*seed, next_guess"),
+    # a method only takes its own options
+    ({"method": "serial", "P": 4}, "P=4 belongs to method\\(s\\) paso, optex, not to method='serial'"),
+    ({"method": "ddp", "history": 5}, "history=5 belongs to method\\(s\\) optex"),
+    ({"method": "grad_accum", "micro_batches": 0}, "micro_batches=0"),
+    ({"method": "grad_accum", "task": "vision", "micro_batches": 5}, "batch_size=64 is not divisible by 5"),
     ({"method": "optex", "P": 2, "history": 1}, "history=1"),
     ({"method": "optex", "P": 2, "lengthscale": 0.0}, "lengthscale=0.0"),
     ({"method": "optex", "P": 2, "noise": -1e-3}, "noise=-0.001"),
     ({"method": "naive_dp", "nnodes": 2}, "rdzv_endpoint"),
     ({"lr": float("nan")}, "lr=nan"),
     # serial is one process: extra ranks would only idle
-    ({"nproc": 2}, "method='serial' runs one process.*nproc=2.*nproc=1.*naive_dp, ddp"),
+    ({"nproc": 2}, "method='serial' runs one process.*nproc=1.*naive_dp, ddp.*got nproc=2"),
     ({"method": "serial", "nnodes": 2, "rdzv_endpoint": "h:1"}, "method='serial' runs one process.*nnodes=2"),
     # text options, once unchecked extra={...} keys
     ({"task": "text", "block_size": 5000}, "block_size=5000 is larger than the context of model='gpt2-tiny' "
@@ -167,13 +172,13 @@ def test_complete_data_passes_and_download_skips_the_file_check(tmp_path: Path) 
 def test_trajectory_init_accepts_an_existing_file(tmp_path: Path) -> None:
     path = tmp_path / "trajectory.pt"
     path.write_bytes(b"")
-    cfg = validate(RunConfig(method="paso", P=2, steps=4, init="trajectory", init_trajectory=str(path)))
+    cfg = validate(RunConfig.from_dict(dict(method="paso", P=2, steps=4, init="trajectory", init_trajectory=str(path))))
     assert cfg.init_trajectory == str(path)
 
 
-def test_validation_imports_no_torch(tmp_path: Path) -> None:
-    """config and the file checks it runs stay torch-free (paso_core/__init__ imports torch
-    for the launcher, so the package is stubbed here and torch is made unimportable)."""
+def test_file_checks_import_no_torch(tmp_path: Path) -> None:
+    """The data and model-directory checks validation runs stay torch-free (only the method
+    registry needs torch), so they can be reused by tools that do not install it."""
     _write_cifar(tmp_path, CIFAR_ALL)
     code = f"""
 import sys, types
@@ -181,16 +186,16 @@ sys.modules["torch"] = None  # any "import torch" now fails
 package = types.ModuleType("paso_core")
 package.__path__ = [{str(Path(paso_core.__file__).parent)!r}]
 sys.modules["paso_core"] = package
-from paso_core.config import RunConfig, validate
-validate(RunConfig(task="vision", dataset="cifar10", data_root={str(tmp_path)!r}))
-validate(RunConfig(task="text", block_size=64))
+from paso_core.tasks import layouts
+assert layouts.cifar10_problem({str(tmp_path)!r}) is None
+from paso_core import options, parallel, metrics
 """
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_defaults_of_the_former_extra_options() -> None:
     """The options that used to be read from extra={...} keep the defaults they had there."""
-    cfg = RunConfig()
+    cfg = RunConfig.from_dict({"method": "paso"})
     assert (cfg.n_positions, cfg.vocab_size, cfg.eval_test, cfg.keep_dropout, cfg.attn_implementation,
             cfg.dtype, cfg.modelscope_cache, cfg.inject_fault, cfg.init_trajectory) == \
         (1024, 4096, True, False, "sdpa", "float32", None, None, None)
@@ -223,7 +228,7 @@ def test_unknown_option_names_the_valid_ones() -> None:
 
 
 def test_defaults_resolve() -> None:
-    cfg = validate(RunConfig(method="paso", P=3, steps=10))
+    cfg = validate(RunConfig.from_dict(dict(method="paso", P=3, steps=10)))
     assert cfg.nproc == 3
     cfg = validate(RunConfig(task="vision"))
     assert (cfg.dataset, cfg.model, cfg.nproc) == ("digits", "cnn", 1)
@@ -231,8 +236,8 @@ def test_defaults_resolve() -> None:
 
 
 def test_config_round_trips_through_json(tmp_path) -> None:
-    cfg = validate(RunConfig(method="paso", P=2, steps=4, betas=(0.8, 0.9), n_positions=64, eval_test=False,
-                             inject_fault={"rank": 1, "kind": "exit"}))
+    cfg = validate(RunConfig.from_dict(dict(method="paso", P=2, steps=4, betas=(0.8, 0.9), n_positions=64,
+                                            eval_test=False, inject_fault={"rank": 1, "kind": "exit"})))
     cfg.to_json(tmp_path / "c.json")
     assert RunConfig.from_json(tmp_path / "c.json") == cfg
 
@@ -240,3 +245,22 @@ def test_config_round_trips_through_json(tmp_path) -> None:
 def test_cli_reports_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["run", "--method", "paso", "--P", "0"]) == 2
     assert "P=0" in capsys.readouterr().err
+
+
+def test_help_shows_every_option_with_default_choices_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for expected in ("--threshold-errors THRESHOLD_ERRORS errors feeding the tolerance",
+                     "(default: 'seed'; choices: seed, next_guess)", "options of method paso",
+                     "options of method optex", "--micro-batches", "[also optex] (default: 4)",
+                     "--optimizer OPTIMIZER optimizer (torch.optim) (default: 'adam'; choices: sgd, momentum, adam, adamw)"):
+        assert expected in text, expected
+
+
+def test_flat_and_typed_options_agree() -> None:
+    cfg = RunConfig.from_dict({"method": "paso", "P": 3, "threshold": 0.0})
+    assert cfg.options.P == cfg.P == 3 and cfg.to_dict()["threshold"] == 0.0
+    assert "history" not in cfg.to_dict() and "P" not in RunConfig.from_dict({}).to_dict()
+    with pytest.raises(AttributeError, match="no option 'P'.*serial"):
+        RunConfig().P

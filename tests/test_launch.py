@@ -73,8 +73,8 @@ def test_nonfinite_loss_stops_and_keeps_metrics() -> None:
 
 
 def test_torchrun_command_passes_multinode_arguments(tmp_path) -> None:
-    cfg = validate(RunConfig(method="paso", P=4, nproc=2, nnodes=2, node_rank=1,
-                             rdzv_endpoint="node0:29400", steps=10))
+    cfg = validate(RunConfig.from_dict(dict(method="paso", P=4, nproc=2, nnodes=2, node_rank=1,
+                             rdzv_endpoint="node0:29400", steps=10)))
     cmd = torchrun_command(cfg, tmp_path / "config.json")
     assert "--nnodes=2" in cmd and "--nproc-per-node=2" in cmd
     assert "--rdzv-endpoint=node0:29400" in cmd and "--node-rank=1" in cmd
@@ -89,7 +89,8 @@ def test_run_directory_layout() -> None:
     assert {"config.json", "metrics.csv", "summary.json", "final.pt", "logs"} <= files
     assert (result.path / "logs" / "rank0.log").exists()
     assert json.loads((result.path / "config.json").read_text())["method"] == "serial"
-    assert list(result.metrics["step"]) == list(range(6))
+    train = result.metrics[result.metrics["kind"] == "train"]
+    assert list(train["steps_done"]) == list(range(1, 7)) == list(train["iteration"])
     assert result.summary["status"] == "completed"
     prov = result.summary["provenance"]
     assert prov["cpu_model"] and prov["torch"] and prov["world_size"] == 1 and prov["threads_per_worker"] >= 1
@@ -143,8 +144,8 @@ def test_one_worker_per_gpu_passes_the_check(monkeypatch) -> None:
     from paso_core.distributed import check_devices
 
     _fake_gpus(monkeypatch, 2)
-    check_devices(validate(RunConfig(method="paso", P=2, device="cuda", steps=10)))
-    check_devices(validate(RunConfig(method="paso", P=2, device="auto", steps=10)))
+    check_devices(validate(RunConfig.from_dict(dict(method="paso", P=2, device="cuda", steps=10))))
+    check_devices(validate(RunConfig.from_dict(dict(method="paso", P=2, device="auto", steps=10))))
 
 
 def test_cpu_skips_the_device_check(monkeypatch) -> None:
@@ -157,7 +158,7 @@ def test_cpu_skips_the_device_check(monkeypatch) -> None:
 
     monkeypatch.setattr(torch.cuda, "is_available", no_cuda_query)
     monkeypatch.setattr(torch.cuda, "device_count", no_cuda_query)
-    check_devices(validate(RunConfig(method="paso", P=4, device="cpu", steps=10)))
+    check_devices(validate(RunConfig.from_dict(dict(method="paso", P=4, device="cpu", steps=10))))
 
 
 def test_cuda_without_gpus_is_rejected_before_launch(monkeypatch) -> None:
@@ -167,7 +168,7 @@ def test_cuda_without_gpus_is_rejected_before_launch(monkeypatch) -> None:
         paso_core.run(method="serial", device="cuda", **TINY)
     from paso_core.distributed import check_devices
 
-    check_devices(validate(RunConfig(method="paso", P=4, device="auto", steps=10)))  # auto: falls back to CPU
+    check_devices(validate(RunConfig.from_dict(dict(method="paso", P=4, device="auto", steps=10))))  # auto: falls back to CPU
 
 
 def test_pick_device_never_shares_a_gpu(monkeypatch) -> None:

@@ -1,4 +1,6 @@
-"""PASO with threshold 0 and a fixed tolerance reproduces serial training bit for bit.
+"""PASO's scan reproduces serial training: converged guesses, and the helpers other tests share.
+
+The bit-for-bit threshold-0 matrix lives in the equivalence matrix (tests/test_equivalence.py).
 
 Why bitwise holds on any machine: PASO's window start steps with ``torch.optim``'s own
 ``step()`` after ``clip_grad_norm_`` on the model's gradients, on parameters of the same
@@ -9,16 +11,11 @@ computed in this process with ``torch.optim`` and the task's own data (not by th
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
-import pytest
 import torch
 
-import paso_core
 from paso_core.config import RunConfig, validate
-from paso_core.optim.updates import OptimSpec, lr_at, make_torch_optimizer, set_lr
-from paso_core.tasks import build_task
+from paso_core.equivalence import serial_reference
+from paso_core.launch import launch_all
 
 OPTIMIZERS = ["sgd", "momentum", "adam", "adamw"]
 #: Every case warms up, decays (cosine) and clips (the clip is below the first gradient norms).
@@ -30,39 +27,13 @@ TASKS = {
 SCHEDULE = dict(lr_schedule="cosine", warmup_steps=3, threads_per_worker=1)
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def reference_trajectory(options: dict) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
-    """Plain serial training with torch.optim, written independently of paso_core.methods.
-
-    Returns the final state dict and the parameters (concatenated) before every step and
-    after the last, on as many threads as one worker uses.
-    """
-    cfg = validate(RunConfig(method="serial", **options))
-    with torch_threads(cfg.threads_per_worker or 1):
-        task = build_task(cfg, torch.device("cpu"))
-        model = task.build_model()
-        spec = OptimSpec.from_config(cfg)
-        optimizer = make_torch_optimizer(spec, model.parameters())
-        rows = []
-        for step in range(cfg.steps):
-            rows.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
-            optimizer.zero_grad()
-            task.loss(model, task.train_batch(step), step).backward()
-            if spec.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-            set_lr(optimizer, lr_at(spec, step))
-            optimizer.step()
-        rows.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}, rows
+    """Plain serial training with torch.optim (:func:`paso_core.equivalence.serial_reference`,
+    written independently of paso_core.methods): the final state dict and the parameters
+    (concatenated) before every step and after the last, on as many threads as one worker uses."""
+    rows: list[torch.Tensor] = []
+    _, final = serial_reference(validate(RunConfig.from_dict(dict(method="serial", **options))), rows)
+    return final, rows
 
 
 def reference_parameters(options: dict) -> dict[str, torch.Tensor]:
@@ -102,21 +73,6 @@ def assert_equals_serial(reference: dict[str, torch.Tensor], final: dict[str, to
         assert relative_l2(reference, final) <= ROUNDING_RTOL, f"{label}: PASO differs from serial"
 
 
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
-@pytest.mark.parametrize("task_name", list(TASKS))
-def test_paso_threshold_zero_equals_serial_bitwise(task_name: str, optimizer: str) -> None:
-    options = dict(TASKS[task_name], **SCHEDULE, optimizer=optimizer, seed=3, progress=False)
-    reference = reference_parameters(options)
-    for workers in (2, 4):
-        result = paso_core.run(method="paso", P=workers, threshold=0.0, ema_decay=1.0, **options)
-        final = torch.load(result.path / "final.pt", weights_only=True)
-        summary = result.summary
-        assert summary["steps"] == options["steps"]
-        assert_equals_serial(reference, final, summary, f"P={workers}")
-        assert summary["grad_evals"] >= summary["steps"]
-        assert summary["speedup"] == pytest.approx(summary["steps"] / summary["iterations"])
-
-
 #: Float32 bound for a trajectory that went through the prefix scan: the scan composes the
 #: same affine maps in another order, so each accepted window rounds differently from the
 #: sequential steps (and the next window's first gradient is taken at that point); bounded
@@ -125,28 +81,23 @@ def test_paso_threshold_zero_equals_serial_bitwise(task_name: str, optimizer: st
 SCAN_RTOL = 1e-3
 
 
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
-def test_converged_guesses_are_accepted_a_window_at_a_time(optimizer: str, tmp_path) -> None:
+def test_converged_guesses_are_accepted_a_window_at_a_time(tmp_path) -> None:
     """Guesses seeded from the serial trajectory converge at once: the scan's iterates are
     accepted ``P`` steps per iteration (``K = ceil(T/P)``) and the run ends on serial's
     weights. A wrong scan (e.g. step index off by one) makes the errors large, so every
-    iteration accepts one step and ``K = T``."""
-    options = dict(TASKS["digits"], **SCHEDULE, steps=24, optimizer=optimizer, seed=1, progress=False)
-    reference, rows = reference_trajectory(options)
-    torch.save(torch.stack(rows), tmp_path / "trajectory.pt")
-    P = 4
-    result = paso_core.run(method="paso", P=P, threshold=1e-6, ema_decay=1.0, init="trajectory",
-                           init_trajectory=str(tmp_path / "trajectory.pt"), **options)
-    metrics = result.metrics
-    assert result.summary["iterations"] == -(-options["steps"] // P), list(metrics["accepted"])
-    final = torch.load(result.path / "final.pt", weights_only=True)
-    diff = relative_l2(reference, final)
-    print(f"{optimizer}: ||paso - serial|| / ||serial|| = {diff:.3g} after K = {result.summary['iterations']}")
-    assert diff <= SCAN_RTOL
-
-
-def test_serial_method_matches_reference() -> None:
-    options = dict(TASKS["digits"], **SCHEDULE, optimizer="adam", seed=3, progress=False)
-    result = paso_core.run(method="serial", **options)
-    final = torch.load(result.path / "final.pt", weights_only=True)
-    assert max_abs_diff(reference_parameters(options), final) == 0.0
+    iteration accepts one step and ``K = T``. The four optimizers share one launch."""
+    P, configs, references = 4, [], {}
+    for optimizer in OPTIMIZERS:
+        options = dict(TASKS["digits"], **SCHEDULE, steps=24, optimizer=optimizer, seed=1, progress=False)
+        references[optimizer], rows = reference_trajectory(options)
+        torch.save(torch.stack(rows), tmp_path / f"{optimizer}.pt")
+        configs.append(RunConfig.from_dict(dict(
+            options, method="paso", P=P, threshold=1e-6, ema_decay=1.0, init="trajectory",
+            init_trajectory=str(tmp_path / f"{optimizer}.pt"), out_dir=str(tmp_path / optimizer))))
+    for optimizer, result in zip(OPTIMIZERS, launch_all(configs)):
+        accepted = list(result.metrics["accepted"].dropna())
+        assert result.summary["iterations"] == -(-result.summary["steps"] // P), (optimizer, accepted)
+        final = torch.load(result.path / "final.pt", weights_only=True)
+        diff = relative_l2(references[optimizer], final)
+        print(f"{optimizer}: ||paso - serial|| / ||serial|| = {diff:.3g} after K = {result.summary['iterations']}")
+        assert diff <= SCAN_RTOL, optimizer

@@ -122,8 +122,8 @@ def test_engine_makes_the_seed_reference_decisions(adaptivity: str, threshold_er
     mp.start_processes(train_main, args=(P, _free_port(), options, str(tmp_path)), nprocs=P, join=True,
                        start_method="spawn")
     engine = torch.load(tmp_path / "engine.pt", weights_only=False)
-    cfg = validate(RunConfig(method="paso", P=P, **{k: v for k, v in options.items()
-                                                     if k not in ("function", "dim", "seed")}))
+    cfg = validate(RunConfig.from_dict(dict(method="paso", P=P, **{k: v for k, v in options.items()
+                                                     if k not in ("function", "dim", "seed")})))
     f = FUNCTIONS[options["function"]]
 
     def grad(x: torch.Tensor, step: int) -> torch.Tensor:

@@ -36,16 +36,7 @@ WIKI_LINES = [
 ]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def paso_cache(tmp_path_factory: pytest.TempPathFactory):
-    """One throw-away cache for the session: the BPE tokenizer is trained once, then reused."""
-    old = os.environ.get("PASO_CACHE")
-    os.environ["PASO_CACHE"] = str(tmp_path_factory.mktemp("paso_cache"))
-    yield
-    if old is None:
-        os.environ.pop("PASO_CACHE", None)
-    else:
-        os.environ["PASO_CACHE"] = old
+pytestmark = pytest.mark.usefixtures("paso_cache")  # tests/conftest.py: one tokenizer cache per session
 
 
 def text_cfg(**kw) -> RunConfig:

@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from paso_core.config import ConfigError
+from paso_core.experiments import common
 from paso_core.experiments import wikitext as wt
 from paso_core.runs import RunResult
 
@@ -83,7 +84,11 @@ def test_run_options_give_each_method_its_workers() -> None:
     serial, paso, dp = (wt.run_options(params, m, 0) for m in ("serial", "paso", "ddp"))
     assert serial["nproc"] == 1
     assert paso["nproc"] == paso["P"] == params["P"] and paso["ema_decay"] == params["ema_decay"]
-    assert dp["nproc"] == params["nproc"] and "P" not in dp
+    assert dp["nproc"] == params["nproc"]
+    for options in (serial, dp):  # another method's option would be an error of RunConfig.from_dict
+        assert not {"P", "threshold", "ema_decay"} & set(options)
+    flat = {c.method: c.to_dict() for c in wt.plan_runs(params)}
+    assert "threshold" not in flat["serial"] and "P" not in flat["ddp"] and flat["paso"]["P"] == params["P"]
     assert {o["batch_size"] for o in (serial, paso, dp)} == {params["batch_size"]}
 
 
@@ -126,23 +131,36 @@ def test_run_all_stops_on_missing_data_before_any_run(tmp_path: Path) -> None:
 
 
 # =========================================================================== fake runs
+def _train_row(k: int, done: int, wall: float, train_s: float, it_s: float, **extra: Any) -> dict[str, Any]:
+    return {"kind": "train", "wall_time_s": wall, "iteration": k, "steps_done": done, "grad_evals": done,
+            "items": done * 100, "train_time_s": train_s, "train_loss": 5.0, "lr": 1e-3, "time_iteration_s": it_s,
+            "time_compute_s": 0.8 * it_s, "time_comm_s": 0.1 * it_s, "bytes_measured": 0, "bytes_modelled": 0,
+            "bytes_iter_max": 0, **extra}
+
+
+def _eval_row(k: int, done: int, wall: float, train_s: float, eval_s: float, val: float, test: float) -> dict[str, Any]:
+    return {"kind": "eval", "wall_time_s": wall, "iteration": k, "steps_done": done, "grad_evals": done,
+            "items": done * 100, "train_time_s": train_s, "time_eval_s": eval_s, "eval_val_ppl": val,
+            "eval_test_ppl": test}
+
+
 def serial_like(seed: int, steps: int, step_s: float, ppl: float, method: str = "serial",
                 eval_every: int = 5, eval_s: float = 1.0, setup_s: float = 3.0) -> RunResult:
-    """Metrics shaped like serial/data-parallel runs: one row per step, evaluations as extra rows."""
-    rows, wall = [], setup_s
-    duration_col = "time_grad_s" if method == "serial" else "time_step_s"
+    """Schema metrics of a one-step-per-iteration run (serial, data parallel): training rows,
+    an evaluation row every ``eval_every`` steps; training time is ``steps * step_s``."""
+    rows, wall, train = [], setup_s, 0.0
     for step in range(steps):
         wall += step_s
-        rows.append({"wall_time_s": wall, "step": step, "iteration": step + 1, "train_loss": 5.0,
-                     duration_col: step_s * 0.9})
+        train += step_s
+        rows.append(_train_row(step + 1, step + 1, wall, train, step_s))
         if (step + 1) % eval_every == 0:
             wall += eval_s
-            rows.append({"wall_time_s": wall, "step": step + 1, "eval_val_ppl": ppl * (steps / (step + 1)),
-                         "eval_test_ppl": ppl * 1.1 * (steps / (step + 1))})
+            rows.append(_eval_row(step + 1, step + 1, wall, train, eval_s, ppl * (steps / (step + 1)),
+                                  ppl * 1.1 * (steps / (step + 1))))
     summary = {"steps": steps, "iterations": steps, "grad_evals": steps, "items_consumed": steps * 100,
                "final_val_ppl": ppl, "final_test_ppl": ppl * 1.1, "final_val_tokens": 640.0,
                "wall_time_s": wall + 2.0, "world_size": 1 if method == "serial" else 2, "device": "cpu",
-               "task_info": {"dataset": "pydoc", "model": "gpt2-tiny", "parameters": 1e6}}
+               "train_time_s": train, "task_info": {"dataset": "pydoc", "model": "gpt2-tiny", "parameters": 1e6}}
     config = {"method": method, "seed": seed, "model": "gpt2-tiny", "dataset": "pydoc", "batch_size": 16,
               "block_size": 64, "lr": 1e-3, "nproc": summary["world_size"]}
     return RunResult(path=Path(f"/fake/{method}-{seed}"), summary=summary, metrics=pd.DataFrame(rows), config=config)
@@ -150,24 +168,25 @@ def serial_like(seed: int, steps: int, step_s: float, ppl: float, method: str = 
 
 def paso_like(seed: int, steps: int, accepted: int, it_s: float, ppl: float, eval_every: int = 5,
               eval_s: float = 1.0, setup_s: float = 3.0) -> RunResult:
-    """Metrics shaped like PASO runs: one row per iteration, evaluations inside the row."""
-    rows, wall, done, k = [], setup_s, 0, 0
+    """Schema metrics of a PASO run: one training row per iteration (with PASO's columns),
+    an evaluation row of the window start whenever the accepted steps cross ``eval_every``."""
+    rows, wall, train, done, k = [], setup_s, 0.0, 0, 0
     while done < steps:
         before = done
         done = min(steps, done + accepted)
         k += 1
         wall += it_s
-        row = {"wall_time_s": wall, "iteration": k, "window_start": before, "accepted": done - before,
-               "steps_done": done, "train_loss": 5.0, "iteration_time_s": it_s * 0.9}
+        train += it_s
+        rows.append(_train_row(k, done, wall, train, it_s, window_start=before, accepted=done - before))
         if done // eval_every > before // eval_every:
             wall += eval_s
-            row.update(wall_time_s=wall, eval_val_ppl=ppl * steps / done, eval_test_ppl=ppl * 1.1 * steps / done)
-        rows.append(row)
+            rows.append(_eval_row(k, done, wall, train, eval_s, ppl * steps / done, ppl * 1.1 * steps / done))
     summary = {"steps": steps, "iterations": k, "grad_evals": k * 4, "items_consumed": k * 400,
                "final_val_ppl": ppl, "final_test_ppl": ppl * 1.1, "wall_time_s": wall + 2.0, "world_size": 4,
-               "device": "cpu", "task_info": {"dataset": "pydoc", "model": "gpt2-tiny", "parameters": 1e6}}
+               "train_time_s": train, "device": "cpu",
+               "task_info": {"dataset": "pydoc", "model": "gpt2-tiny", "parameters": 1e6}}
     config = {"method": "paso", "seed": seed, "model": "gpt2-tiny", "dataset": "pydoc", "batch_size": 16,
-              "block_size": 64, "lr": 1e-3, "nproc": 4, "P": 4}
+              "block_size": 64, "lr": 1e-3, "nproc": 4, "P": 4, "threshold": 1e-5, "ema_decay": 0.999}
     return RunResult(path=Path(f"/fake/paso-{seed}"), summary=summary, metrics=pd.DataFrame(rows), config=config)
 
 
@@ -182,13 +201,13 @@ def fake_results() -> dict[str, list[RunResult]]:
 
 
 # =========================================================================== timing
-def test_training_clock_removes_setup_and_evaluations() -> None:
+def test_training_time_excludes_setup_and_evaluations() -> None:
     run = serial_like(0, 20, 1.0, 100.0, eval_s=5.0, setup_s=30.0)
-    # 20 steps of 1 s; the first counts its own 0.9 s duration; setup and 4 evals of 5 s are out
-    assert wt.training_time(run) == pytest.approx(19 + 0.9)
+    # 20 steps of 1 s; 30 s of setup and 4 evaluations of 5 s are on the worker clock only
+    assert common.training_time(run) == pytest.approx(20.0)
+    assert run.metrics["wall_time_s"].max() == pytest.approx(30 + 20 + 4 * 5)
     paso = paso_like(0, 20, 2, 1.0, 100.0, eval_s=5.0, setup_s=30.0)
-    # 10 iterations of 1 s: evaluation rows count their iteration time + the median 0.1 s bookkeeping
-    assert wt.training_time(paso) == pytest.approx(10 * 1.0 - 0.1)
+    assert common.training_time(paso) == pytest.approx(10 * 1.0)  # 10 iterations of 1 s
 
 
 # =========================================================================== table 2
@@ -200,13 +219,15 @@ def test_table2_layout_and_numbers(fake_results: dict[str, list[RunResult]]) -> 
     assert list(table["method"]) == [l for l in labels for _ in range(2)]
     ours = table[table["source"] == wt.MEASURED].set_index("method")
     serial, paso = ours.loc[wt.METHOD_LABELS["serial"]], ours.loc[wt.METHOD_LABELS["paso"]]
-    assert serial["PPL"] == pytest.approx(1.1 * 105) and serial["PPL std"] == pytest.approx(1.1 * 5)
+    assert serial["PPL"] == pytest.approx(1.1 * 105)
     assert serial["speed-up (iterations)"] == 1 and serial["speed-up (wall time)"] == pytest.approx(1)
     assert paso["iterations"] == 10 and paso["speed-up (iterations)"] == pytest.approx(2.0)
-    assert paso["speed-up (wall time)"] == pytest.approx(19.9 / 9.9)
+    assert paso["speed-up (wall time)"] == pytest.approx(20.0 / 10.0)
     assert paso["total tokens"] == 4000 and paso["grad evals"] == 40
     ddp = ours.loc[wt.METHOD_LABELS["ddp"]]
-    assert ddp["speed-up (iterations)"] == 1 and ddp["speed-up (wall time)"] == pytest.approx(19.9 / (19 * 0.5 + 0.45))
+    assert ddp["speed-up (iterations)"] == 1 and ddp["speed-up (wall time)"] == pytest.approx(20.0 / (20 * 0.5))
+    assert serial["wall time (s)"] == pytest.approx(20.0) and serial["wall time std (s)"] == pytest.approx(0.0)
+    assert serial["PPL std"] == pytest.approx(np.std([110.0, 121.0], ddof=1))  # sample std over the 2 seeds
     assert "2 CPU cores" in serial["setting"]
 
 
@@ -243,12 +264,12 @@ def test_format_table2_leaves_unknown_cells_empty(fake_results: dict[str, list[R
 # =========================================================================== curves + text
 def test_eval_curves_use_sequential_iterations(fake_results: dict[str, list[RunResult]]) -> None:
     curves = wt.eval_curves(fake_results)
-    assert list(curves.columns) == ["method", "seed", "iteration", "steps_done", "wall_time_s", "val_ppl", "test_ppl"]
+    assert list(curves.columns) == ["method", "seed", "iteration", "steps_done", "train_time_s", "val_ppl", "test_ppl"]
     serial = curves[(curves["method"] == "serial") & (curves["seed"] == 0)]
     assert list(serial["iteration"]) == [5, 10, 15, 20] and list(serial["steps_done"]) == [5, 10, 15, 20]
     paso = curves[(curves["method"] == "paso") & (curves["seed"] == 0)]
     assert list(paso["steps_done"]) == [6, 10, 16, 20] and list(paso["iteration"]) == [3, 5, 8, 10]
-    assert paso["wall_time_s"].is_monotonic_increasing
+    assert list(paso["train_time_s"]) == pytest.approx([3.0, 5.0, 8.0, 10.0])  # training seconds, evals out
     assert serial["val_ppl"].iloc[-1] == pytest.approx(100.0)
 
 
@@ -265,7 +286,7 @@ def test_plots_build(fake_results: dict[str, list[RunResult]]) -> None:
     import matplotlib.pyplot as plt
 
     fig = wt.plot_curves(wt.eval_curves(fake_results), title="t")
-    assert len(fig.axes) == 2 and fig.axes[1].get_xlabel() == wt.X_AXES["wall_time_s"]
+    assert len(fig.axes) == 2 and fig.axes[1].get_xlabel() == wt.X_AXES["train_time_s"]
     plt.close(fig)
     with pytest.raises(ValueError, match="x="):
         wt.plot_curve(wt.eval_curves(fake_results), "epoch")
@@ -281,13 +302,13 @@ def test_paper_comparison_is_generated_from_table(fake_results: dict[str, list[R
 
 
 def test_other_runnable_is_a_count_or_nan() -> None:
-    value = wt.other_runnable(samples=2, interval_s=0.0)
+    value = common.other_runnable(samples=2, interval_s=0.0)
     assert math.isnan(value) or value >= 0
 
 
 def test_run_all_runs_every_method_and_seed_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     """With a fake runner: validation first, then one run per (seed, method), grouped by method."""
-    monkeypatch.setattr(wt, "other_runnable", lambda: 0.25)
+    monkeypatch.setattr(common, "other_runnable", lambda: 0.25)
     params = wt.resolve_params({"seeds": [0, 1]}, "smoke")
     seen: list[tuple[str, int, int]] = []
 

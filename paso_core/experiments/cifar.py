@@ -14,19 +14,21 @@ Flow (one function per notebook cell):
    can be downloaded, otherwise the bundled ``digits`` with a loud explanation at the
    smoke/default scales and an error at ``paper`` scale, never a silent substitution) and
    returns the run plan (:func:`plan_runs`).
-3. :func:`run_all` runs the plan: serial, PASO, naive DP and DDP per seed, then the PASO
-   sweep over ``threshold`` and ``ema_decay``.
+3. :func:`run_all` runs the plan (:func:`paso_core.experiments.common.run_plan`): serial,
+   PASO, naive DP and DDP per seed, then the PASO sweep over ``threshold`` and ``ema_decay``.
 4. :func:`results_table`, :func:`curves`, :func:`paso_dynamics`, :func:`tradeoff_table`,
    the ``plot_*`` functions and :func:`discussion` turn run directories into the table,
    the figures and a text whose every number is computed, not typed in.
+
+Reading runs goes through the shared layer :mod:`paso_core.experiments.common` (training
+time, mean ± std over seeds, curves from the metrics schema); no reader here looks at a
+run's method to decide what to read: a PASO-only column is tested for, not the method.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -35,11 +37,21 @@ import numpy as np
 import pandas as pd
 
 from .. import report
-from ..config import VISION_DATASETS, ConfigError, RunConfig, validate
-from ..launch import NonFiniteLossError, launch
-from ..runs import PACKAGE_ROOT, RunResult, load_run
+from ..config import VISION_DATASETS, ConfigError, RunConfig
+from ..runs import PACKAGE_ROOT, RunResult
+from . import common
+from .common import num as _num
 
 METHODS = ("serial", "paso", "naive_dp", "ddp")
+#: The method every speed-up and accuracy change is relative to (per seed).
+BASELINE = "serial"
+#: The options each method takes from the notebook's parameters (the others take none of
+#: their own): another method's option is an error of ``RunConfig.from_dict``.
+METHOD_OPTIONS = {"paso": ("P", "threshold", "ema_decay", "adaptivity")}
+#: The options of the PASO sweep: a run with these in its config is a sweep point.
+SWEEP_OPTIONS = ("threshold", "ema_decay")
+#: What a run's one-line label shows, for the runs that have it.
+LABEL_KEYS = ("P", "threshold", "ema_decay")
 METHOD_LABELS = {"serial": "serial", "paso": "PASO", "naive_dp": "naive DP", "ddp": "DDP"}
 METHOD_COLORS = {"serial": "black", "paso": "tab:red", "naive_dp": "tab:blue", "ddp": "tab:green"}
 
@@ -229,14 +241,26 @@ def sweep_points(params: Mapping[str, Any]) -> list[tuple[float, float]]:
 
 
 def _base_options(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The options every run of the study shares (no method's own options)."""
     return {
         "task": "vision", "dataset": params["dataset"], "data_root": params.get("data_root"),
         "download": False, "model": params["model"], "optimizer": params["optimizer"],
         "lr": params["lr"], "steps": params["steps"], "batch_size": params["batch_size"],
-        "eval_every": params["eval_every"], "P": params["P"], "threshold": params["threshold"],
-        "ema_decay": params["ema_decay"], "adaptivity": params["adaptivity"], "augment": True,
+        "eval_every": params["eval_every"], "augment": True,
         "progress": params.get("scale") == "paper", "threads_per_worker": params.get("threads_per_worker"),
     }
+
+
+def run_options(params: Mapping[str, Any], method: str, seed: int, **overrides: Any) -> dict[str, Any]:
+    """The flat options of one run: the shared ones, the worker count, and only this
+    method's own options (:data:`METHOD_OPTIONS`; ``overrides`` replace those, e.g. a sweep's
+    threshold). Workers: serial 1, PASO ``P`` (one per window step), DP ``nproc``."""
+    nproc = {"serial": 1, "paso": params["P"]}.get(method, params["nproc"])
+    own = {k: params[k] for k in METHOD_OPTIONS.get(method, ())}
+    unknown = sorted(set(overrides) - set(own))
+    if unknown:
+        raise ConfigError(f"{unknown} are not options of method={method!r} in this study")
+    return {**_base_options(params), "method": method, "seed": seed, "nproc": nproc, **own, **overrides}
 
 
 def plan_runs(params: Mapping[str, Any]) -> list[RunConfig]:
@@ -248,28 +272,14 @@ def plan_runs(params: Mapping[str, Any]) -> list[RunConfig]:
     ``P="7"``, an unknown model, a batch that ``nproc`` does not divide) fails in the
     first cell after the parameters with the message of :class:`ConfigError`.
     """
-    base = _base_options(params)
-    nproc = {"serial": 1, "paso": params["P"], "naive_dp": params["nproc"], "ddp": params["nproc"]}
-    configs: list[RunConfig] = []
-    seen: list[dict[str, Any]] = []
-
-    def add(options: dict[str, Any]) -> None:
-        if options in seen:
-            return
-        seen.append(options)
-        try:
-            configs.append(validate(RunConfig.from_dict(options)))
-        except ConfigError as err:
-            raise ConfigError(f"{err} (in the planned {describe_config(options)} run)") from None
-
+    planned: list[dict[str, Any]] = []
     for seed in params["seeds"]:
-        for method in METHODS:
-            add({**base, "method": method, "seed": seed, "nproc": nproc[method]})
+        planned += [run_options(params, method, seed) for method in METHODS]
     for seed in params["seeds"][:params["sweep_n_seeds"]]:
-        for threshold, ema in sweep_points(params):
-            add({**base, "method": "paso", "seed": seed, "nproc": params["P"],
-                 "threshold": threshold, "ema_decay": ema})
-    return configs
+        planned += [run_options(params, "paso", seed, threshold=threshold, ema_decay=ema)
+                    for threshold, ema in sweep_points(params)]
+    unique = [options for i, options in enumerate(planned) if options not in planned[:i]]
+    return [common.planned_config(options, LABEL_KEYS) for options in unique]
 
 
 @dataclass
@@ -281,12 +291,14 @@ class Plan:
     configs: list[RunConfig]
 
     def describe(self) -> pd.DataFrame:
-        """One row per planned run, so the reader sees what will run before it runs."""
-        rows = [{"method": c.method, "seed": c.seed, "workers": c.world_size, "P": c.P if c.method == "paso" else None,
-                 "threshold": c.threshold if c.method == "paso" else None,
-                 "ema_decay": c.ema_decay if c.method == "paso" else None,
-                 "dataset": c.dataset, "model": c.model, "steps": c.steps, "batch_size": c.batch_size}
-                for c in self.configs]
+        """One row per planned run, so the reader sees what will run before it runs (an
+        option a method does not take stays empty)."""
+        rows = []
+        for c in self.configs:
+            flat = c.to_dict()
+            rows.append({"method": c.method, "seed": c.seed, "workers": c.world_size,
+                         **{k: flat.get(k) for k in LABEL_KEYS},
+                         "dataset": c.dataset, "model": c.model, "steps": c.steps, "batch_size": c.batch_size})
         return pd.DataFrame(rows).astype({"P": "Int64"})
 
 
@@ -308,191 +320,125 @@ def prepare(values: Mapping[str, Any], scale: str | None = None) -> Plan:
 
 
 # =========================================================================== running
-def _g(value: Any) -> str:
-    """``format(value, 'g')`` for numbers, ``repr`` otherwise (labels of not-yet-valid input)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return format(value, "g")
-    return repr(value)
-
-
 def describe_config(cfg: RunConfig | Mapping[str, Any]) -> str:
-    """A short human label of a run (method, seed and PASO's knobs)."""
-    c = cfg.to_dict() if isinstance(cfg, RunConfig) else dict(cfg)
-    text = f"{c['method']} seed={_g(c['seed'])} workers={_g(c.get('nproc'))}"
-    if c["method"] == "paso":
-        text += f" P={_g(c['P'])} threshold={_g(c['threshold'])} ema_decay={_g(c['ema_decay'])}"
-    return text
+    """A short human label of a run: method, seed, workers and, for the runs that take
+    them, ``P``, ``threshold`` and ``ema_decay``."""
+    return common.describe_config(cfg, LABEL_KEYS)
 
 
-def run_all(configs: Sequence[RunConfig], log: Callable[[str], None] = print) -> list[RunResult]:
-    """Run the plan in order, one torchrun job at a time, and return the results.
+def run_all(configs: Sequence[RunConfig], log: Callable[[str], None] = print,
+            runner: common.Runner | None = None) -> list[RunResult]:
+    """Run the plan in order, one torchrun job at a time (:func:`common.run_plan`).
 
-    One at a time because the methods are compared on wall time: concurrent jobs would
-    share the cores and distort each other. A run whose loss becomes NaN/inf (possible for
-    a loose PASO threshold) is kept as a partial result with ``status='nonfinite'`` so the
-    sweep still reports it; any other failure stops the notebook with the worker's error.
+    A run whose loss becomes NaN/inf (possible for a loose PASO threshold) is kept as a
+    partial result with ``status='nonfinite'`` so the sweep still reports it; any other
+    failure stops the notebook with the worker's error.
     """
-    results = []
-    started = time.perf_counter()
-    for i, cfg in enumerate(configs, 1):
-        tic = time.perf_counter()
-        try:
-            result = launch(cfg)
-        except NonFiniteLossError as err:
-            log(f"[{i}/{len(configs)}] {describe_config(cfg)}: LOSS BECAME NON-FINITE; kept as a "
-                f"failed point ({str(err).splitlines()[0]})")
-            result = load_run(err.path)
-            result.summary["status"] = "nonfinite"
-        result.summary["launch_time_s"] = time.perf_counter() - tic
-        s = result.summary
-        log(f"[{i}/{len(configs)}] {describe_config(cfg)}: {s.get('status')} in {s['launch_time_s']:.1f} s "
-            f"(worker wall time {s.get('wall_time_s', float('nan')):.1f} s, "
-            f"{s.get('iterations', '?')} iterations, test accuracy {s.get('final_test_accuracy', float('nan')):.4f})")
-        results.append(result)
-    log(f"all {len(configs)} runs finished in {time.perf_counter() - started:.0f} s")
-    return results
+    return common.run_plan(configs, runner=runner, log=log, describe=describe_config,
+                           headline=("final_test_accuracy",), keep_nonfinite=True)
 
 
 # =========================================================================== grouping
-def _cfg(result: RunResult) -> dict[str, Any]:
-    return result.config
-
-
-def is_main_paso(result: RunResult, params: Mapping[str, Any]) -> bool:
-    c = _cfg(result)
-    return (c["method"] == "paso" and float(c["threshold"]) == float(params["threshold"])
-            and float(c["ema_decay"]) == float(params["ema_decay"]))
+def is_main_setting(result: RunResult, params: Mapping[str, Any]) -> bool:
+    """Whether the run is at the main setting: each sweep option (:data:`SWEEP_OPTIONS`) it
+    has equals the main value. Runs without them (serial, data parallel) always are."""
+    c = result.config
+    return all(float(c[k]) == float(params[k]) for k in SWEEP_OPTIONS if c.get(k) is not None)
 
 
 def main_results(results: Sequence[RunResult], params: Mapping[str, Any]) -> dict[str, list[RunResult]]:
     """``{method: runs over seeds}`` of the head-to-head comparison (PASO at its main setting)."""
-    groups: dict[str, list[RunResult]] = {m: [] for m in METHODS}
-    for r in results:
-        method = _cfg(r)["method"]
-        if method not in groups or _cfg(r)["seed"] not in params["seeds"]:
-            continue
-        if method == "paso" and not is_main_paso(r, params):
-            continue
-        groups[method].append(r)
-    return {m: runs for m, runs in groups.items() if runs}
+    groups = common.by_key([r for r in results if r.config.get("seed") in params["seeds"]
+                            and is_main_setting(r, params)], "method")
+    return {m: groups[m] for m in [*METHODS, *groups] if m in groups and groups[m]}
+
+
+def is_sweep_run(result: RunResult) -> bool:
+    """Whether the run has the sweep's options (a PASO run), read from its config."""
+    return all(result.config.get(k) is not None for k in SWEEP_OPTIONS)
 
 
 def sweep_results(results: Sequence[RunResult], params: Mapping[str, Any]) -> list[RunResult]:
-    """PASO runs of the sweep seeds (the main setting included), for :func:`tradeoff_table`."""
+    """The runs with the sweep's options on the sweep seeds (the main setting included),
+    for :func:`tradeoff_table`."""
     seeds = params["seeds"][:params["sweep_n_seeds"]]
-    return [r for r in results if _cfg(r)["method"] == "paso" and _cfg(r)["seed"] in seeds]
+    return [r for r in results if is_sweep_run(r) and r.config.get("seed") in seeds]
 
 
 def _group(results: Sequence[RunResult] | Mapping[str, Sequence[RunResult]]) -> dict[str, list[RunResult]]:
     if isinstance(results, Mapping):
         return {k: list(v) for k, v in results.items()}
-    groups: dict[str, list[RunResult]] = {}
-    for r in results:
-        groups.setdefault(_cfg(r)["method"], []).append(r)
-    return groups
-
-
-def _num(summary: Mapping[str, Any], key: str) -> float:
-    value = summary.get(key)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-# =========================================================================== timing
-#: Per-row duration of the work the row reports, by method family (first found is used).
-_DURATION_COLUMNS = ("iteration_time_s", "time_step_s", "time_grad_s")
-
-
-def training_start(metrics: pd.DataFrame) -> float:
-    """Worker time at which the first training step began (its row's time minus its duration).
-
-    Why: ``wall_time_s`` counts from worker start, so it includes loading the data and
-    building the model, which costs every method the same and would pull all wall-clock
-    speed-ups towards 1.
-    """
-    if metrics.empty or "train_loss" not in metrics.columns:
-        return float("nan")
-    train = metrics.dropna(subset=["train_loss"]).sort_values("wall_time_s", kind="stable")
-    if train.empty:
-        return float("nan")
-    first = train.iloc[0]
-    duration = next((float(first[c]) for c in _DURATION_COLUMNS if c in train.columns and pd.notna(first[c])), 0.0)
-    return max(0.0, float(first["wall_time_s"]) - duration)
-
-
-def training_time(result: RunResult) -> float:
-    """Seconds from the start of the first training step to the end of the last one.
-
-    Periodic evaluations in between are included (every method evaluates at the same
-    steps, and on the test sets used here they are short); setup, the final evaluation
-    and torchrun's start-up are not. NaN for a run without training rows.
-    """
-    m = result.metrics
-    if m.empty or "train_loss" not in m.columns:
-        return float("nan")
-    end = float(m.dropna(subset=["train_loss"])["wall_time_s"].max())
-    return end - training_start(m)
+    return common.by_key(results, "method")
 
 
 # =========================================================================== tables
+#: The summary values the tables read (every method's summary has them, PASO's ``final_threshold`` aside).
+SUMMARY_KEYS = ("final_test_accuracy", "final_test_f1", "steps", "iterations", "grad_evals", "items_consumed",
+                "wall_time_s", "peak_rss_mb_max", "world_size", "speedup", "overhead", "final_threshold")
+
+
+def _sent_mb_max(run: RunResult) -> float:
+    """The most payload any worker sent, in MiB."""
+    return max(run.summary.get("bytes_sent_per_rank") or [float("nan")]) / 2**20
+
+
+def run_table(runs: Sequence[RunResult]) -> pd.DataFrame:
+    """One row per run with what the tables aggregate (:func:`common.run_table`)."""
+    return common.run_table(runs, config=("method", "seed", "nproc", *LABEL_KEYS), summary=SUMMARY_KEYS,
+                            derived={"sent_mb_max": _sent_mb_max})
+
+
+#: Columns of :func:`results_table`, in order.
+RESULTS_COLUMNS = (
+    "method", "workers", "seeds", "test_accuracy", "test_f1_macro", "test_accuracy_mean", "test_accuracy_std",
+    "test_f1_mean", "test_f1_std", "steps", "sequential_iterations", "grad_evals", "images_consumed",
+    "train_time_s_mean", "train_time_s_std", "worker_wall_time_s", "speedup_iterations", "speedup_wall",
+    "peak_rss_mb_per_worker", "sent_mb_per_worker_max",
+)
+
+
 def results_table(results: Sequence[RunResult] | Mapping[str, Sequence[RunResult]]) -> pd.DataFrame:
-    """The head-to-head table: one row per method, statistics over seeds.
+    """The head-to-head table: one row per method, statistics over seeds (:data:`common.STD_NOTE`).
 
     ``results`` is ``{method: runs}`` (see :func:`main_results`) or a flat list grouped by
     method. Speed-ups are relative to serial *of the same seed* and then averaged, so seed
     to seed variation in timing does not leak into the ratio. ``speedup_iterations`` is
     serial's sequential iterations over the method's (``T/K`` for PASO, 1 for data
     parallelism, which still takes one step per iteration); ``speedup_wall`` is the same
-    ratio of the training time (:func:`training_time`: first step to last, measured in the
-    workers). ``worker_wall_time_s`` is the whole worker lifetime (data loading to final
-    evaluation) for reference. Peak memory is the largest resident set of any worker
-    (mean over seeds); ``sent_mb_per_worker_max`` the most payload any worker sent.
+    ratio of the training time (:func:`common.training_time`: every iteration's time,
+    setup and evaluations excluded). ``worker_wall_time_s`` is the whole worker lifetime
+    (data loading to final evaluation) for reference. Peak memory is the largest resident
+    set of any worker (mean over seeds); ``sent_mb_per_worker_max`` the most payload any
+    worker sent.
     """
-    groups = _group(results)
-    serial = {_cfg(r)["seed"]: r for r in groups.get("serial", [])}
-    rows = []
-    for method, runs in groups.items():
-        if not runs:
-            continue
-        summaries = [r.summary for r in runs]
-        seeds = [_cfg(r)["seed"] for r in runs]
-        acc = [_num(s, "final_test_accuracy") for s in summaries]
-        f1 = [_num(s, "final_test_f1") for s in summaries]
-        wall = [training_time(r) for r in runs]
-        sp_iter, sp_wall = [], []
-        for seed, r in zip(seeds, runs):
-            base = serial.get(seed)
-            if base is None:
-                continue
-            sp_iter.append(_num(base.summary, "iterations") / _num(r.summary, "iterations"))
-            sp_wall.append(training_time(base) / training_time(r))
-        cfg = _cfg(runs[0])
-        acc_m, acc_s = report.mean_std(acc)
-        f1_m, f1_s = report.mean_std(f1)
-        wall_m, wall_s = report.mean_std(wall)
-        rows.append({
-            "method": METHOD_LABELS.get(method, method),
-            "workers": int(_num(summaries[0], "world_size")) if "world_size" in summaries[0] else cfg.get("nproc"),
-            "seeds": len(runs),
-            "test_accuracy": report.format_mean_std(acc, ".4f"),
-            "test_f1_macro": report.format_mean_std(f1, ".4f"),
-            "test_accuracy_mean": acc_m, "test_accuracy_std": acc_s,
-            "test_f1_mean": f1_m, "test_f1_std": f1_s,
-            "steps": report.mean_std(_num(s, "steps") for s in summaries)[0],
-            "sequential_iterations": report.mean_std(_num(s, "iterations") for s in summaries)[0],
-            "grad_evals": report.mean_std(_num(s, "grad_evals") for s in summaries)[0],
-            "images_consumed": report.mean_std(_num(s, "items_consumed") for s in summaries)[0],
-            "train_time_s_mean": wall_m, "train_time_s_std": wall_s,
-            "worker_wall_time_s": report.mean_std(_num(s, "wall_time_s") for s in summaries)[0],
-            "speedup_iterations": report.mean_std(sp_iter)[0],
-            "speedup_wall": report.mean_std(sp_wall)[0],
-            "peak_rss_mb_per_worker": report.mean_std(_num(s, "peak_rss_mb_max") for s in summaries)[0],
-            "sent_mb_per_worker_max": report.mean_std(
-                max(s.get("bytes_sent_per_rank") or [float("nan")]) / 2**20 for s in summaries)[0],
-        })
-    return pd.DataFrame(rows)
+    groups = {k: v for k, v in _group(results).items() if v}
+    if not groups:
+        return pd.DataFrame(columns=list(RESULTS_COLUMNS))
+    table = pd.concat([run_table(runs).assign(group=key) for key, runs in groups.items()], ignore_index=True)
+    base = run_table(groups.get(BASELINE, []))
+    table["speedup_iterations"] = common.baseline_values(table, base, "iterations") / table["iterations"]
+    table["speedup_wall"] = common.baseline_values(table, base, "train_time_s") / table["train_time_s"]
+    values = ["final_test_accuracy", "final_test_f1", "steps", "iterations", "grad_evals", "items_consumed",
+              "train_time_s", "wall_time_s", "speedup_iterations", "speedup_wall", "peak_rss_mb_max", "sent_mb_max"]
+    agg = common.aggregate(table, "group", values, first=("world_size", "nproc"))
+    out = pd.DataFrame({
+        "method": [METHOD_LABELS.get(g, g) for g in agg["group"]],
+        "workers": [int(w) if pd.notna(w) else n for w, n in zip(agg["world_size"], agg["nproc"])],
+        "seeds": agg["n_runs"],
+        "test_accuracy": [common.format_pm(m, s, ".4f", n, t) for m, s, n, t in zip(
+            agg["final_test_accuracy_mean"], agg["final_test_accuracy_std"], agg["final_test_accuracy_n"], agg["n_runs"])],
+        "test_f1_macro": [common.format_pm(m, s, ".4f", n, t) for m, s, n, t in zip(
+            agg["final_test_f1_mean"], agg["final_test_f1_std"], agg["final_test_f1_n"], agg["n_runs"])],
+        "test_accuracy_mean": agg["final_test_accuracy_mean"], "test_accuracy_std": agg["final_test_accuracy_std"],
+        "test_f1_mean": agg["final_test_f1_mean"], "test_f1_std": agg["final_test_f1_std"],
+        "steps": agg["steps_mean"], "sequential_iterations": agg["iterations_mean"],
+        "grad_evals": agg["grad_evals_mean"], "images_consumed": agg["items_consumed_mean"],
+        "train_time_s_mean": agg["train_time_s_mean"], "train_time_s_std": agg["train_time_s_std"],
+        "worker_wall_time_s": agg["wall_time_s_mean"],
+        "speedup_iterations": agg["speedup_iterations_mean"], "speedup_wall": agg["speedup_wall_mean"],
+        "peak_rss_mb_per_worker": agg["peak_rss_mb_max_mean"], "sent_mb_per_worker_max": agg["sent_mb_max_mean"],
+    })
+    return out[list(RESULTS_COLUMNS)]
 
 
 def tradeoff_table(sweep: Sequence[RunResult], serial: Sequence[RunResult] = ()) -> pd.DataFrame:
@@ -500,113 +446,75 @@ def tradeoff_table(sweep: Sequence[RunResult], serial: Sequence[RunResult] = ())
 
     ``accuracy_change_vs_serial`` subtracts serial's accuracy of the same seed (when
     ``serial`` runs are given), so the column reads directly as "what the approximation
-    cost". ``failed`` counts runs that did not complete (e.g. a non-finite loss).
+    cost". ``failed`` counts runs that did not complete (e.g. a non-finite loss); the
+    statistics are over the completed runs.
     """
-    serial_acc = {_cfg(r)["seed"]: _num(r.summary, "final_test_accuracy") for r in serial}
-    groups: dict[tuple[float, float], list[RunResult]] = {}
-    for r in sweep:
-        c = _cfg(r)
-        if c["method"] != "paso":
-            raise ValueError(f"tradeoff_table takes PASO runs only; got a {c['method']!r} run ({r.path})")
-        groups.setdefault((float(c["threshold"]), float(c["ema_decay"])), []).append(r)
-    rows = []
-    for (threshold, ema), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        ok = [r for r in runs if r.summary.get("status") == "completed"]
-        summaries = [r.summary for r in ok]
-        acc = [_num(s, "final_test_accuracy") for s in summaries]
-        delta = [_num(r.summary, "final_test_accuracy") - serial_acc[_cfg(r)["seed"]]
-                 for r in ok if _cfg(r)["seed"] in serial_acc]
-        sp_m, sp_s = report.mean_std(_num(s, "speedup") for s in summaries)
-        acc_m, acc_s = report.mean_std(acc)
-        rows.append({
-            "threshold": threshold, "ema_decay": ema, "P": _cfg(runs[0])["P"], "seeds": len(runs),
-            "failed": len(runs) - len(ok),
-            "speedup_T_over_K_mean": sp_m, "speedup_T_over_K_std": sp_s,
-            "iterations_mean": report.mean_std(_num(s, "iterations") for s in summaries)[0],
-            "overhead_G_over_T": report.mean_std(_num(s, "overhead") for s in summaries)[0],
-            "test_accuracy_mean": acc_m, "test_accuracy_std": acc_s,
-            "test_f1_mean": report.mean_std(_num(s, "final_test_f1") for s in summaries)[0],
-            "accuracy_change_vs_serial": report.mean_std(delta)[0],
-            "final_threshold_mean": report.mean_std(_num(s, "final_threshold") for s in summaries)[0],
-            "train_time_s_mean": report.mean_std(training_time(r) for r in ok)[0],
-        })
-    return pd.DataFrame(rows)
+    columns = ["threshold", "ema_decay", "P", "seeds", "failed", "speedup_T_over_K_mean", "speedup_T_over_K_std",
+               "iterations_mean", "overhead_G_over_T", "test_accuracy_mean", "test_accuracy_std", "test_f1_mean",
+               "accuracy_change_vs_serial", "final_threshold_mean", "train_time_s_mean"]
+    table = run_table(sweep)
+    lacking = table[table[list(SWEEP_OPTIONS)].isna().any(axis=1)]
+    if not lacking.empty:
+        raise ValueError(f"tradeoff_table takes PASO runs only (runs with the options {', '.join(SWEEP_OPTIONS)}); "
+                         f"got a {lacking['method'].iloc[0]!r} run ({lacking['path'].iloc[0]})")
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    for key in SWEEP_OPTIONS:
+        table[key] = table[key].astype(float)
+    done = table["status"] == "completed"
+    table["failed"] = (~done).astype(int)
+    values = ["speedup", "iterations", "overhead", "final_test_accuracy", "final_test_f1", "final_threshold",
+              "train_time_s"]
+    table.loc[~done, values] = np.nan
+    base = run_table(serial)
+    table["accuracy_change"] = table["final_test_accuracy"] - common.baseline_values(table, base, "final_test_accuracy")
+    keys = list(SWEEP_OPTIONS)
+    agg = common.aggregate(table, keys, [*values, "accuracy_change"], first=("P",))
+    agg["failed"] = table.groupby(keys, sort=False)["failed"].sum().to_numpy()
+    agg = agg.sort_values(["ema_decay", "threshold"], kind="stable").reset_index(drop=True)
+    return pd.DataFrame({
+        "threshold": agg["threshold"], "ema_decay": agg["ema_decay"], "P": agg["P"], "seeds": agg["n_runs"],
+        "failed": agg["failed"],
+        "speedup_T_over_K_mean": agg["speedup_mean"], "speedup_T_over_K_std": agg["speedup_std"],
+        "iterations_mean": agg["iterations_mean"], "overhead_G_over_T": agg["overhead_mean"],
+        "test_accuracy_mean": agg["final_test_accuracy_mean"], "test_accuracy_std": agg["final_test_accuracy_std"],
+        "test_f1_mean": agg["final_test_f1_mean"], "accuracy_change_vs_serial": agg["accuracy_change_mean"],
+        "final_threshold_mean": agg["final_threshold_mean"], "train_time_s_mean": agg["train_time_s_mean"],
+    })[columns]
 
 
 # =========================================================================== curves
-def aligned_metrics(result: RunResult) -> pd.DataFrame:
-    """The run's metrics with a sequential ``iteration`` on every row, evaluation rows too.
-
-    Serial and data-parallel runs log evaluations as separate rows keyed by ``step`` (the
-    steps done, which for them equals sequential iterations); PASO logs them inside the
-    iteration row. Filling ``iteration`` lets every method share one x-axis. The added
-    ``train_time_s`` is the worker time since the first training step began (see
-    :func:`training_time`), the wall-clock axis of the curves. The final evaluation from
-    the summary is appended as a row (``final_eval=True``) at the last iteration.
-    """
-    m = result.metrics.copy()
-    if m.empty:
-        return m
-    if "iteration" not in m.columns:
-        m["iteration"] = np.nan
-    if "step" in m.columns and _cfg(result)["method"] != "paso":
-        is_eval = m.filter(like="eval_").notna().any(axis=1) if m.filter(like="eval_").shape[1] else False
-        m.loc[is_eval & m["iteration"].isna(), "iteration"] = m.loc[is_eval & m["iteration"].isna(), "step"]
-    if "wall_time_s" in m.columns:
-        m["train_time_s"] = m["wall_time_s"] - training_start(m)
-    final = {k: _num(result.summary, f"final_{k}") for k in ("test_accuracy", "test_f1", "test_loss")}
-    iterations = _num(result.summary, "iterations")
-    if math.isfinite(final["test_accuracy"]) and math.isfinite(iterations) and "train_loss" in m.columns:
-        # The final evaluation is not a metrics row; without it a curve would stop at the
-        # last periodic evaluation and disagree with the table's final accuracy.
-        last = m.dropna(subset=["train_loss"]).sort_values("wall_time_s").iloc[-1]
-        row = {"iteration": iterations, "wall_time_s": last["wall_time_s"], "final_eval": True,
-               **{f"eval_{k}": v for k, v in final.items() if math.isfinite(v)}}
-        if "train_time_s" in m.columns:
-            row["train_time_s"] = last["train_time_s"]
-        m = pd.concat([m, pd.DataFrame([row])], ignore_index=True)
-    return m
-
-
-def _aligned(result: RunResult) -> RunResult:
-    return dataclasses.replace(result, metrics=aligned_metrics(result))
-
-
+#: The figure's curves: ``name: (y, x)``; ``x`` is a schema column, ``y`` a training or
+#: evaluation column (:func:`common.rows_for`).
 CURVES = {
     "loss_vs_iteration": ("train_loss", "iteration"),
     "loss_vs_wall": ("train_loss", "train_time_s"),
     "accuracy_vs_iteration": ("eval_test_accuracy", "iteration"),
     "accuracy_vs_wall": ("eval_test_accuracy", "train_time_s"),
 }
+#: The summary value that ends a curve: the final evaluation is not a metrics row, and
+#: without it a curve would stop at the last periodic evaluation and disagree with the table.
+FINAL = {"eval_test_accuracy": "final_test_accuracy"}
 
 
 def curves(groups: Mapping[str, Sequence[RunResult]]) -> dict[str, pd.DataFrame]:
     """Seed-aggregated curves per method: training loss and test accuracy against sequential
-    iterations and against wall time (keys of :data:`CURVES`; columns ``label, x, mean,
-    std, min, max, n``). Methods without a column (e.g. no evaluations) are left out."""
-    out: dict[str, pd.DataFrame] = {}
-    for name, (y, x) in CURVES.items():
-        parts = {}
-        for method, runs in groups.items():
-            aligned = [_aligned(r) for r in runs]
-            aligned = [r for r in aligned if {x, y} <= set(r.metrics.columns) and r.metrics[[x, y]].dropna().size]
-            if aligned:
-                parts[method] = aligned
-        out[name] = report.sequential_curve(parts, y, x) if parts else pd.DataFrame()
-    return out
+    iterations and against training time (keys of :data:`CURVES`; columns ``label, x, mean,
+    std, min, max, n``). Runs without a column (e.g. no evaluations) are left out."""
+    groups = {k: list(v) for k, v in groups.items() if v}
+    if not groups:
+        return {name: pd.DataFrame() for name in CURVES}
+    return {name: common.sequential_curve(groups, y, x, final=FINAL.get(y)) for name, (y, x) in CURVES.items()}
+
+
+#: PASO's per-iteration bookkeeping columns, read from every run that logs ``accepted``.
+DYNAMICS_COLUMNS = ("iteration", "window_start", "accepted", "threshold", "err_mean", "steps_done")
 
 
 def paso_dynamics(runs: Sequence[RunResult]) -> pd.DataFrame:
-    """PASO's per-iteration bookkeeping (accepted steps, threshold, window errors) per seed."""
-    cols = ["iteration", "window_start", "accepted", "threshold", "err_mean", "steps_done"]
-    parts = []
-    for r in runs:
-        m = r.metrics
-        have = [c for c in cols if c in m.columns]
-        frame = m[have].dropna(subset=["accepted"]).copy() if "accepted" in m.columns else pd.DataFrame()
-        frame.insert(0, "seed", _cfg(r)["seed"])
-        parts.append(frame)
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["seed", *cols])
+    """Per-iteration bookkeeping (accepted steps, threshold, window errors) per seed, of the
+    runs that log ``accepted`` (PASO's column)."""
+    return common.column_rows(runs, DYNAMICS_COLUMNS, require="accepted", keys=("seed",))
 
 
 # =========================================================================== figures
@@ -615,30 +523,26 @@ def _label(method: str) -> str:
 
 
 def plot_curves(curve_data: Mapping[str, pd.DataFrame], title: str) -> Any:
-    """2x2 figure: loss and accuracy against sequential iterations and against wall time."""
+    """2x2 figure: loss and accuracy against sequential iterations and against training time."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    spec = [("loss_vs_iteration", axes[0, 0], "sequential iterations", "training loss (mini-batch)"),
-            ("loss_vs_wall", axes[0, 1], "training wall time [s]", "training loss (mini-batch)"),
-            ("accuracy_vs_iteration", axes[1, 0], "sequential iterations", "test accuracy"),
-            ("accuracy_vs_wall", axes[1, 1], "training wall time [s]", "test accuracy")]
-    for key, ax, xlabel, ylabel in spec:
+    spec = [("loss_vs_iteration", axes[0, 0], "training loss (mini-batch)"),
+            ("loss_vs_wall", axes[0, 1], "training loss (mini-batch)"),
+            ("accuracy_vs_iteration", axes[1, 0], "test accuracy"),
+            ("accuracy_vs_wall", axes[1, 1], "test accuracy")]
+    for key, ax, ylabel in spec:
         frame = curve_data.get(key, pd.DataFrame())
         x = CURVES[key][1]
         if frame.empty:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
         else:
-            for method, part in frame.groupby("label", sort=False):
-                style = "-o" if key.startswith("accuracy") else "-"
-                ax.plot(part[x], part["mean"], style, ms=3, lw=1.2, color=METHOD_COLORS.get(method),
-                        label=_label(method))
-                if part["n"].max() > 1:
-                    ax.fill_between(part[x], part["mean"] - part["std"], part["mean"] + part["std"],
-                                    color=METHOD_COLORS.get(method), alpha=0.15, lw=0)
+            report.plot_curves(ax, frame, x, labels=METHOD_LABELS, colors=METHOD_COLORS, alpha=0.15,
+                               style="-o" if key.startswith("accuracy") else "-", drawstyle="default",
+                               ms=3, lw=1.2)
         if key.startswith("loss"):
             ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
+        ax.set_xlabel(common.X_AXES[x])
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0, 0].legend()
@@ -683,7 +587,7 @@ def plot_tradeoff(tradeoff: pd.DataFrame, params: Mapping[str, Any], serial_accu
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    acc_m, acc_s = report.mean_std(serial_accuracy)
+    acc_m, acc_s = common.mean_std(serial_accuracy)
     if tradeoff.empty:
         for ax in axes:
             ax.text(0.5, 0.5, "no sweep runs (sweep_n_seeds=0)", ha="center", va="center", transform=ax.transAxes)
@@ -741,26 +645,25 @@ def plot_sweep_run(run: RunResult, serial: RunResult | None) -> Any:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8))
-    for r, color, label in ((serial, "black", "serial"), (run, "tab:red", "PASO")):
+    for r in (serial, run):
         if r is None:
             continue
-        m = aligned_metrics(r)
-        train = m.dropna(subset=["train_loss"])
-        ax1.plot(train["iteration"], train["train_loss"], color=color, lw=1, label=label)
+        method = r.config.get("method")
+        curve = common.run_curve(r, "train_loss", "iteration")
+        ax1.plot(curve["iteration"], curve["train_loss"], color=METHOD_COLORS.get(method), lw=1, label=_label(method))
     ax1.set_yscale("log")
     ax1.set_xlabel("sequential iterations")
     ax1.set_ylabel("training loss")
     ax1.grid(alpha=0.3)
     ax1.legend()
-    m = run.metrics
-    if "accepted" in m.columns:
-        ax2.plot(m["iteration"], m["accepted"], color="tab:red", lw=1)
+    accepted = common.column_rows([run], ("iteration", "accepted"), require="accepted", keys=())
+    ax2.plot(accepted["iteration"], accepted["accepted"], color=METHOD_COLORS.get(run.config.get("method")), lw=1)
     ax2.set_xlabel("PASO iteration K")
     ax2.set_ylabel("steps accepted")
     ax2.grid(alpha=0.3)
     c, s = run.config, run.summary
-    fig.suptitle(f"threshold={c['threshold']:g}, ema_decay={c['ema_decay']:g}: T/K={_num(s, 'speedup'):.2f}, "
-                 f"test accuracy {_num(s, 'final_test_accuracy'):.4f}")
+    fig.suptitle(f"threshold={c['threshold']:g}, ema_decay={c['ema_decay']:g}: T/K={_num(s.get('speedup')):.2f}, "
+                 f"test accuracy {_num(s.get('final_test_accuracy')):.4f}")
     fig.tight_layout()
     return fig
 

@@ -12,7 +12,8 @@ Flow:
 2. :func:`prepare` validates every planned run *before any training* and checks that the
    requested corpus exists: ``dataset='wikitext2'`` without the files fails, at every
    scale, naming the missing files and the fix. Nothing is ever substituted silently.
-3. :func:`run_all` runs serial, PASO, naive DP and DDP for every seed.
+3. :func:`run_all` runs serial, PASO, naive DP and DDP for every seed
+   (:func:`paso_core.experiments.common.run_plan`).
 4. :func:`table2` builds the seed's Table 2 layout (PPL, total tokens, iterations, time,
    speed-ups) with our measured rows next to the rows the paper reports;
    :func:`eval_curves` gives validation perplexity against sequential iterations and wall
@@ -24,13 +25,16 @@ Perplexity is always ``exp(total NLL / total predicted tokens)``. The seed's ref
 averages per-batch ``exp(loss)`` instead (it weights batches rather than tokens, exceeds
 ``exp`` of the mean batch loss by Jensen's inequality, and changes with the batching);
 that variant only appears in the labelled comparison of the independent check.
+
+Reading runs goes through the shared layer :mod:`paso_core.experiments.common` (training
+time, mean ± std over seeds, curves from the metrics schema), which never looks at a run's
+method to decide what to read.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -39,11 +43,17 @@ import numpy as np
 import pandas as pd
 
 from .. import report
-from ..config import TEXT_DATASETS, TEXT_MODELS, ConfigError, RunConfig, dataset_problem, validate
-from ..launch import launch
+from ..config import TEXT_DATASETS, TEXT_MODELS, ConfigError, RunConfig, dataset_problem
 from ..runs import RunResult
+from . import common
 
 METHODS = ("serial", "paso", "naive_dp", "ddp")
+#: The method every speed-up is relative to (per seed).
+BASELINE = "serial"
+#: The options each method takes from the notebook's parameters (the others take none of their own).
+METHOD_OPTIONS = {"paso": ("P", "threshold", "ema_decay")}
+#: What a run's one-line label shows, for the runs that have it.
+LABEL_KEYS = ("P", "threshold", "ema_decay")
 METHOD_LABELS = {"serial": "serial (Adam)", "paso": "PASO", "naive_dp": "naive DP", "ddp": "PyTorch DDP"}
 METHOD_COLORS = {"serial": "black", "paso": "tab:red", "naive_dp": "tab:blue", "ddp": "tab:green"}
 # Serial and both data-parallel methods follow the same trajectory (up to rounding), so their
@@ -173,18 +183,14 @@ def run_options(params: Mapping[str, Any], method: str, seed: int) -> dict[str, 
     }
     if params.get("model_dir") is not None:
         opts["model_dir"] = params["model_dir"]
-    if method == "serial":
-        opts["nproc"] = 1
-    elif method == "paso":
-        opts.update(P=params["P"], threshold=params["threshold"], ema_decay=params["ema_decay"], nproc=params["P"])
-    else:
-        opts["nproc"] = params["nproc"]
+    opts["nproc"] = {"serial": 1, "paso": params["P"]}.get(method, params["nproc"])
+    opts.update({k: params[k] for k in METHOD_OPTIONS.get(method, ())})
     return opts
 
 
 def plan_runs(params: Mapping[str, Any], methods: Sequence[str] = METHODS) -> list[RunConfig]:
     """Every run of the study, validated (bad options raise :class:`ConfigError` here, before any run)."""
-    return [validate(RunConfig.from_dict(run_options(params, m, s))) for s in params["seeds"] for m in methods]
+    return [common.planned_config(run_options(params, m, s), LABEL_KEYS) for s in params["seeds"] for m in methods]
 
 
 def check_data(params: Mapping[str, Any]) -> None:
@@ -214,15 +220,16 @@ class Plan:
     configs: list[RunConfig]
 
     def describe(self) -> pd.DataFrame:
-        """One row per planned run, so the reader sees what will run before it runs."""
-        rows = [{"method": c.method, "seed": c.seed, "workers": c.world_size,
-                 "P": c.P if c.method == "paso" else None,
-                 "threshold": c.threshold if c.method == "paso" else None,
-                 "ema_decay": c.ema_decay if c.method == "paso" else None,
-                 "model": c.model, "dataset": c.dataset, "steps": c.steps, "batch_size": c.batch_size,
-                 "block_size": c.block_size, "lr": c.lr}
-                for c in self.configs]
-        return pd.DataFrame(rows)
+        """One row per planned run, so the reader sees what will run before it runs (an
+        option a method does not take stays empty)."""
+        rows = []
+        for c in self.configs:
+            flat = c.to_dict()
+            rows.append({"method": c.method, "seed": c.seed, "workers": c.world_size,
+                         **{k: flat.get(k) for k in LABEL_KEYS},
+                         "model": c.model, "dataset": c.dataset, "steps": c.steps, "batch_size": c.batch_size,
+                         "block_size": c.block_size, "lr": c.lr})
+        return pd.DataFrame(rows).astype({"P": "Int64"})
 
 
 def prepare(values: Mapping[str, Any], scale: str | None = None) -> Plan:
@@ -239,141 +246,31 @@ def prepare(values: Mapping[str, Any], scale: str | None = None) -> Plan:
 
 
 # =========================================================================== running
-Runner = Callable[[RunConfig], RunResult]
-
-
 def run_all(params: Mapping[str, Any], methods: Sequence[str] = METHODS, *,
-            log: Callable[[str], None] = print, runner: Runner = launch) -> dict[str, list[RunResult]]:
+            log: Callable[[str], None] = print, runner: common.Runner | None = None) -> dict[str, list[RunResult]]:
     """Run every method for every seed, one torchrun job at a time: ``{method: [run per seed]}``.
 
-    One at a time because the methods are compared on wall time: concurrent jobs would
-    share the cores and distort each other. All runs are validated before the first one
-    starts. Any failure stops the notebook with the worker's error (a partial Table 2
-    would be misleading). ``runner`` is injectable for tests.
+    One at a time because the methods are compared on wall time (:func:`common.run_plan`;
+    each summary also records the other runnable processes seen before the run). All runs
+    are validated before the first one starts. Any failure stops the notebook with the
+    worker's error (a partial Table 2 would be misleading). ``runner`` is injectable for tests.
     """
     check_data(params)
     configs = plan_runs(params, methods)
-    results: dict[str, list[RunResult]] = {m: [] for m in methods}
-    started = time.perf_counter()
-    for i, cfg in enumerate(configs, 1):
-        busy = other_runnable()  # sampled while none of our workers runs
-        tic = time.perf_counter()
-        result = runner(cfg)
-        result.summary["launch_time_s"] = time.perf_counter() - tic
-        result.summary["other_runnable_before"] = busy
-        s = result.summary
-        log(f"[{i}/{len(configs)}] {cfg.method} seed={cfg.seed} workers={cfg.world_size}: "
-            f"{s.get('status')} in {s['launch_time_s']:.1f} s (worker wall {_num(s, 'wall_time_s'):.1f} s, "
-            f"{s.get('iterations', '?')} iterations for {s.get('steps', '?')} steps, "
-            f"val PPL {_num(s, 'final_val_ppl'):.4g})")
-        results[cfg.method].append(result)
-    log(f"all {len(configs)} runs finished in {time.perf_counter() - started:.0f} s")
-    return results
-
-
-def other_runnable(samples: int = 20, interval_s: float = 0.05) -> float:
-    """Mean number of *other* processes ready to run, from ``/proc/loadavg`` (NaN off Linux).
-
-    Why: wall times mean little when other jobs compete for the cores, and the load
-    average cannot tell: it also counts our own workers and decays over minutes. Sampled
-    between runs (when none of ours runs), the instantaneous runnable count minus the
-    sampling process itself is what else is using the CPU right now.
-    """
-    counts = []
-    for _ in range(samples):
-        try:
-            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-        except (OSError, IndexError, ValueError):
-            return float("nan")
-        counts.append(max(running - 1, 0))
-        time.sleep(interval_s)
-    return float(np.mean(counts))
+    results = common.run_plan(configs, runner=runner, log=log,
+                              describe=lambda c: common.describe_config(c, LABEL_KEYS),
+                              headline=("final_val_ppl",), sample_load=True)
+    groups = common.by_key(results, "method")
+    return {m: groups.get(m, []) for m in methods}
 
 
 def peak_busy(results: Mapping[str, Sequence[RunResult]]) -> float:
-    """The most other runnable processes seen before any run (recorded by :func:`run_all`)."""
-    values = [_num(r.summary, "other_runnable_before") for runs in results.values() for r in runs]
-    finite = [v for v in values if math.isfinite(v)]
-    return max(finite) if finite else float("nan")
+    """The most other runnable processes seen before any run (:func:`common.peak_busy`)."""
+    return common.peak_busy(r for runs in results.values() for r in runs)
 
 
-# =========================================================================== timing
-_STEP_DURATION_COLUMNS = ("iteration_time_s", "time_step_s", "time_grad_s")
-
-
-def _num(summary: Mapping[str, Any], key: str) -> float:
-    try:
-        return float(summary.get(key))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and std over seeds; the std is NaN for fewer than two finite values (a "0 ± 0"
-    from one seed would read as a measured absence of spread)."""
-    mean, std = report.mean_std(values)
-    return mean, (std if sum(math.isfinite(v) for v in values) > 1 else float("nan"))
-
-
-def _eval_mask(metrics: pd.DataFrame) -> pd.Series:
-    cols = [c for c in metrics.columns if c.startswith("eval_")]
-    if not cols:
-        return pd.Series(False, index=metrics.index)
-    return metrics[cols].notna().any(axis=1)
-
-
-def _train_mask(metrics: pd.DataFrame) -> pd.Series:
-    if "train_loss" in metrics.columns:
-        return metrics["train_loss"].notna()
-    return pd.Series(False, index=metrics.index)
-
-
-def training_clock(metrics: pd.DataFrame) -> pd.Series:
-    """Seconds of *training* up to each metrics row: evaluation and setup time removed.
-
-    Why not the raw ``wall_time_s``: it starts at worker start (corpus, tokenizer, model
-    build) and includes every periodic evaluation, which costs the same for every method
-    and so would pull all speed-ups towards 1. Rows are ordered in time; each row's
-    increment is its gap to the previous row, except:
-
-    * the first training row counts only its own step duration (no setup before it);
-    * evaluation-only rows (serial, naive DP, DDP log evaluations separately) add nothing;
-    * a training row that also carries an evaluation (PASO logs it in the iteration row)
-      counts its own iteration duration plus the median per-row bookkeeping gap of the
-      rows without an evaluation.
-    """
-    if metrics.empty or "wall_time_s" not in metrics.columns:
-        return pd.Series(dtype=float, index=metrics.index)
-    m = metrics.sort_values("wall_time_s", kind="stable")
-    gap = m["wall_time_s"].astype(float).diff()
-    train, has_eval = _train_mask(m), _eval_mask(m)
-    duration_col = next((c for c in _STEP_DURATION_COLUMNS if c in m.columns), None)
-    duration = m[duration_col].astype(float) if duration_col else pd.Series(np.nan, index=m.index)
-    plain = train & ~has_eval & gap.notna()
-    overhead = (gap - duration)[plain & duration.notna()]
-    median_overhead = max(float(overhead.median()), 0.0) if len(overhead) else 0.0
-    median_gap = float(gap[plain].median()) if plain.any() else 0.0
-    increment = gap.copy()
-    increment[~train] = 0.0
-    mixed = train & has_eval
-    increment[mixed] = (duration[mixed] + median_overhead).fillna(median_gap)
-    if train.any():
-        position = np.arange(len(m))
-        first = int(position[train.to_numpy()][0])
-        increment.iloc[:first] = 0.0  # nothing trains before the first step
-        first_duration = duration.iloc[first]
-        increment.iloc[first] = first_duration if pd.notna(first_duration) else median_gap
-    clock = increment.fillna(0.0).clip(lower=0.0).cumsum()
-    return clock.reindex(metrics.index)
-
-
-def training_time(result: RunResult) -> float:
-    """Seconds spent training (see :func:`training_clock`); NaN for a run without metrics."""
-    m = result.metrics
-    if m.empty or "train_loss" not in m.columns:
-        return float("nan")
-    clock = training_clock(m)
-    return float(clock[_train_mask(m)].max())
+def _num(mapping: Mapping[str, Any], key: str) -> float:
+    return common.num(mapping.get(key))
 
 
 # =========================================================================== table 2
@@ -390,57 +287,55 @@ def _setting(result: RunResult, cpu_count: int | None) -> str:
             f"{s.get('world_size', c.get('nproc'))} worker(s) on {where}")
 
 
+#: The summary values Table 2 reads, every method's alike.
+SUMMARY_KEYS = ("final_test_ppl", "final_val_ppl", "items_consumed", "iterations", "steps", "grad_evals",
+                "wall_time_s")
+
+
 def table2(results: Mapping[str, Sequence[RunResult]], *, include_reported: bool = True,
            cpu_count: int | None = None) -> pd.DataFrame:
     """The seed's Table 2 layout: measured rows and the paper's reported rows side by side.
 
-    Per method (statistics over seeds): ``PPL`` is the final *test* perplexity,
-    ``exp(total NLL / total predicted tokens)`` (``PPL std`` over seeds, ``val PPL`` the
-    validation one); ``total tokens`` the tokens that went through forward+backward in
-    training (``G x batch x block``, so PASO's recomputations count); ``iterations`` the
-    sequential iterations ``K`` (``T`` for serial and data parallelism); ``wall time (s)``
-    the training time of :func:`training_time`; ``worker wall time (s)`` the whole worker
-    (setup, evaluations, saving). Speed-ups are serial's value over the method's *for the
-    same seed*, then averaged, so timing differences between seeds do not leak in.
+    Per method (statistics over seeds, :data:`common.STD_NOTE`): ``PPL`` is the final
+    *test* perplexity, ``exp(total NLL / total predicted tokens)`` (``PPL std`` over seeds,
+    ``val PPL`` the validation one); ``total tokens`` the tokens that went through
+    forward+backward in training (``G x batch x block``, so PASO's recomputations count);
+    ``iterations`` the sequential iterations ``K`` (``T`` for serial and data parallelism);
+    ``wall time (s)`` the training time (:func:`common.training_time`: setup and every
+    evaluation excluded); ``worker wall time (s)`` the whole worker (setup, evaluations,
+    saving). Speed-ups are serial's value over the method's *for the same seed*, then
+    averaged, so timing differences between seeds do not leak in.
 
     Reported rows carry only what the paper states (:data:`REPORTED_TABLE2`); their
     speed-ups are computed from those numbers and left NaN where a number is missing.
     """
     cpu_count = cpu_count or os.cpu_count() or 1
-    serial = {r.config.get("seed"): r for r in results.get("serial", [])}
+    base = common.run_table(results.get(BASELINE, []), summary=SUMMARY_KEYS)
     rows: list[dict[str, Any]] = []
     order = [m for m in METHODS if m in results] + [m for m in results if m not in METHODS]
     for method in order:
         runs = list(results[method])
         if runs:
-            ppl = [_num(r.summary, "final_test_ppl") for r in runs]
-            wall = [training_time(r) for r in runs]
-            sp_iter, sp_wall = [], []
-            for r, w in zip(runs, wall):
-                base = serial.get(r.config.get("seed"))
-                if base is not None:
-                    sp_iter.append(_num(base.summary, "iterations") / _num(r.summary, "iterations"))
-                    sp_wall.append(training_time(base) / w)
-            ppl_m, ppl_s = _mean_std(ppl)
-            wall_m, wall_s = _mean_std(wall)
+            table = common.run_table(runs, summary=SUMMARY_KEYS)
+            table["speedup_iterations"] = common.baseline_values(table, base, "iterations") / table["iterations"]
+            table["speedup_wall"] = common.baseline_values(table, base, "train_time_s") / table["train_time_s"]
+            table["group"] = method
+            agg = common.aggregate(table, "group", [*SUMMARY_KEYS, "train_time_s", "speedup_iterations",
+                                                    "speedup_wall"]).iloc[0]
             rows.append({
                 "method": METHOD_LABELS.get(method, method), "source": MEASURED,
-                "setting": _setting(runs[0], cpu_count), "seeds": len(runs),
-                "PPL": ppl_m, "PPL std": ppl_s,
-                "val PPL": report.mean_std(_num(r.summary, "final_val_ppl") for r in runs)[0],
-                "total tokens": report.mean_std(_num(r.summary, "items_consumed") for r in runs)[0],
-                "iterations": report.mean_std(_num(r.summary, "iterations") for r in runs)[0],
-                "steps": report.mean_std(_num(r.summary, "steps") for r in runs)[0],
-                "grad evals": report.mean_std(_num(r.summary, "grad_evals") for r in runs)[0],
-                "wall time (s)": wall_m, "wall time std (s)": wall_s,
-                "worker wall time (s)": report.mean_std(_num(r.summary, "wall_time_s") for r in runs)[0],
-                "speed-up (iterations)": report.mean_std(sp_iter)[0],
-                "speed-up (wall time)": report.mean_std(sp_wall)[0],
+                "setting": _setting(runs[0], cpu_count), "seeds": int(agg["n_runs"]),
+                "PPL": agg["final_test_ppl_mean"], "PPL std": agg["final_test_ppl_std"],
+                "val PPL": agg["final_val_ppl_mean"], "total tokens": agg["items_consumed_mean"],
+                "iterations": agg["iterations_mean"], "steps": agg["steps_mean"], "grad evals": agg["grad_evals_mean"],
+                "wall time (s)": agg["train_time_s_mean"], "wall time std (s)": agg["train_time_s_std"],
+                "worker wall time (s)": agg["wall_time_s_mean"],
+                "speed-up (iterations)": agg["speedup_iterations_mean"],
+                "speed-up (wall time)": agg["speedup_wall_mean"],
             })
         if include_reported and method in REPORTED_TABLE2:
             rows.append(reported_row(method))
-    frame = pd.DataFrame(rows, columns=list(TABLE2_COLUMNS))
-    return frame
+    return pd.DataFrame(rows, columns=list(TABLE2_COLUMNS))
 
 
 def reported_row(method: str) -> dict[str, Any]:
@@ -476,53 +371,35 @@ def format_table2(table: pd.DataFrame) -> pd.DataFrame:
 
 
 # =========================================================================== curves
+#: Columns of :func:`eval_curves`, in order.
+CURVE_COLUMNS = ["method", "seed", "iteration", "steps_done", "train_time_s", "val_ppl", "test_ppl"]
+#: The evaluation columns of the curves and the summary value of each run's final evaluation.
+_EVALS = {"eval_val_ppl": "final_val_ppl", "eval_test_ppl": "final_test_ppl"}
+
+
 def eval_curves(results: Mapping[str, Sequence[RunResult]]) -> pd.DataFrame:
     """Validation (and test) perplexity of every evaluation, long format, one row per point.
 
-    Columns: ``method, seed, iteration, steps_done, wall_time_s, val_ppl, test_ppl``.
-    ``iteration`` is *sequential iterations*: the step count for serial and data
-    parallelism (their evaluation rows carry ``step`` = steps done), PASO's ``iteration``
-    ``K`` at which the evaluated window start was reached. ``wall_time_s`` is the
-    :func:`training_clock` at that point. The final evaluation in the summary is appended
-    when no periodic evaluation fell on the last iteration.
+    Columns: :data:`CURVE_COLUMNS`. ``iteration`` is *sequential iterations* at the
+    evaluation (the schema's column: the step count for serial and data parallelism,
+    PASO's ``K`` at which the evaluated window start was reached), ``steps_done`` the
+    optimizer steps behind it, ``train_time_s`` the training seconds before it (setup and
+    evaluations excluded). The final evaluation in the summary ends every run's curve.
     """
     parts = []
     for method, runs in results.items():
         for r in runs:
-            m = r.metrics
-            if m.empty:
-                continue
-            clock = training_clock(m)
-            has_eval = _eval_mask(m)
-            rows = m[has_eval]
-            if method == "paso" or "accepted" in m.columns:
-                it = rows["iteration"].astype(float)
-                done = rows["steps_done"].astype(float) if "steps_done" in rows else it
-            else:
-                it = rows["step"].astype(float)
-                done = it
-            frame = pd.DataFrame({
-                "method": method, "seed": r.config.get("seed"), "iteration": it.to_numpy(),
-                "steps_done": done.to_numpy(), "wall_time_s": clock[has_eval].to_numpy(),
-                "val_ppl": rows["eval_val_ppl"].astype(float).to_numpy() if "eval_val_ppl" in rows else np.nan,
-                "test_ppl": rows["eval_test_ppl"].astype(float).to_numpy() if "eval_test_ppl" in rows else np.nan,
-            })
-            final_it = _num(r.summary, "iterations")
-            if math.isfinite(final_it) and (frame.empty or frame["iteration"].max() < final_it):
-                final = pd.DataFrame([{
-                    "method": method, "seed": r.config.get("seed"), "iteration": final_it,
-                    "steps_done": _num(r.summary, "steps"), "wall_time_s": training_time(r),
-                    "val_ppl": _num(r.summary, "final_val_ppl"), "test_ppl": _num(r.summary, "final_test_ppl"),
-                }])
-                frame = pd.concat([frame, final], ignore_index=True) if not frame.empty else final
+            frame = common.run_points(r, list(_EVALS), ("iteration", "steps_done", "train_time_s"), final=_EVALS)
+            frame = frame.rename(columns={"eval_val_ppl": "val_ppl", "eval_test_ppl": "test_ppl"})
+            frame.insert(0, "seed", r.config.get("seed"))
+            frame.insert(0, "method", method)
             parts.append(frame)
-    cols = ["method", "seed", "iteration", "steps_done", "wall_time_s", "val_ppl", "test_ppl"]
     if not parts:
-        return pd.DataFrame(columns=cols)
-    return pd.concat(parts, ignore_index=True)[cols]
+        return pd.DataFrame(columns=CURVE_COLUMNS)
+    return pd.concat(parts, ignore_index=True)[CURVE_COLUMNS]
 
 
-X_AXES = {"iteration": "sequential iterations", "wall_time_s": "training wall time [s]"}
+X_AXES = {x: common.X_AXES[x] for x in ("iteration", "train_time_s")}
 
 
 def plot_curve(curves: pd.DataFrame, x: str = "iteration", ax: Any = None, title: str | None = None) -> Any:
@@ -552,12 +429,12 @@ def plot_curve(curves: pd.DataFrame, x: str = "iteration", ax: Any = None, title
 
 
 def plot_curves(curves: pd.DataFrame, title: str = "") -> Any:
-    """Both panels side by side: against sequential iterations and against training wall time."""
+    """Both panels side by side: against sequential iterations and against training time."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     plot_curve(curves, "iteration", axes[0])
-    plot_curve(curves, "wall_time_s", axes[1])
+    plot_curve(curves, "train_time_s", axes[1])
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -565,7 +442,7 @@ def plot_curves(curves: pd.DataFrame, title: str = "") -> Any:
 
 
 def curve_explorer(curves: pd.DataFrame) -> Any | None:
-    """A dropdown choosing the x-axis (iterations / wall time); None headless or without
+    """A dropdown choosing the x-axis (iterations / training time); None headless or without
     ipywidgets (see :func:`paso_core.report.widgets_module`): the static figure is the view."""
     widgets = report.widgets_module()
     if widgets is None:
@@ -608,7 +485,7 @@ def describe_data(results: Mapping[str, Sequence[RunResult]]) -> tuple[str, dict
         f"- **Model:** `{first.get('model')}`" + (f" from `{first.get('model_dir')}`" if first.get("model_dir") else
                                                   " built from its config with random weights")
         + f", {_num(first, 'parameters') / 1e6:.3g}M parameters, context {first.get('context')}",
-        f"- **Tokens per split:** " + ", ".join(f"{k} {v:,}" for k, v in tokens.items())
+        "- **Tokens per split:** " + ", ".join(f"{k} {v:,}" for k, v in tokens.items())
         + f"; blocks of {first.get('block_size')} predicted tokens ({first.get('block_convention')})",
     ]
     if first.get("dataset") != "wikitext2":

@@ -1,4 +1,5 @@
-"""Small helpers the methods share: flat parameter views, gradients, final evaluation."""
+"""Small helpers the methods share: flat parameter copies, gradients, the collective end of
+run (full state dict, evaluation, ``final.pt``) and checkpoints of torch-optimised models."""
 
 from __future__ import annotations
 
@@ -54,8 +55,19 @@ class FlatLayout:
         return flat
 
 
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a parameter: the local shard of a DTensor (FSDP2, TP), else itself."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if callable(to_local) else tensor
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def layout_of(model: nn.Module, align_bytes: int = 0) -> FlatLayout:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """Where this rank's part of each trainable parameter goes in a flat vector."""
+    params = [local_tensor(p) for p in trainable(model)]
     align = max(1, align_bytes // params[0].element_size()) if params and align_bytes else 1
     offsets, offset = [], 0
     for p in params:
@@ -64,36 +76,44 @@ def layout_of(model: nn.Module, align_bytes: int = 0) -> FlatLayout:
     return FlatLayout(tuple(offsets), tuple(p.shape for p in params), offset)
 
 
-def bind_flat_params(model: nn.Module, align_bytes: int = 0) -> tuple[torch.Tensor, FlatLayout]:
-    """Make every trainable parameter a view into one flat vector; return it and its layout.
+class FlatParams:
+    """A flat copy of a model's trainable parameters, kept beside the model (never bound to it).
 
-    Step-parallel methods move whole parameter vectors between workers; with views there
-    is exactly one copy of the parameters, and sending it needs no packing.
+    Why not make the parameters views of the flat vector: that rebinds ``p.data``, which
+    DTensor parameters (FSDP2, tensor parallel) and pipeline stages do not allow. Methods
+    that move whole parameter vectors (PASO, OptEx) own a flat vector and write it into the
+    model with in-place copies before a forward (:meth:`load_`); gradients come back the
+    same way (:meth:`grad_into`).
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    layout = layout_of(model, align_bytes)
-    flat = params[0].new_zeros(layout.total) if params else torch.zeros(0)
-    for p, view in zip(params, layout.views(flat)):
-        view.copy_(p.detach())
-        p.data = view
-    return flat, layout
 
+    def __init__(self, model: nn.Module, align_bytes: int = 0) -> None:
+        self.model = model
+        self.params = trainable(model)
+        self.layout = layout_of(model, align_bytes)
 
-def flat_params(model: nn.Module) -> torch.Tensor:
-    """:func:`bind_flat_params` without padding (the vector is exactly the parameters)."""
-    return bind_flat_params(model)[0]
+    def new_vector(self) -> torch.Tensor:
+        """A flat vector holding the model's current parameters (padding zero)."""
+        like = local_tensor(self.params[0]) if self.params else torch.zeros(0)
+        flat = like.new_zeros(self.layout.total)
+        for p, view in zip(self.params, self.layout.views(flat)):
+            view.copy_(local_tensor(p).detach())
+        return flat
 
+    @torch.no_grad()
+    def load_(self, flat: torch.Tensor) -> nn.Module:
+        """Write ``flat`` into the model's parameters in place; returns the model."""
+        for p, view in zip(self.params, self.layout.views(flat)):
+            local_tensor(p).copy_(view)
+        return self.model
 
-def flat_grad(model: nn.Module, out: torch.Tensor, layout: FlatLayout | None = None) -> torch.Tensor:
-    """Copy the model's gradients into the flat buffer ``out`` (zeros where a grad is None)."""
-    layout = layout or layout_of(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p, view in zip(params, layout.views(out)):
-        if p.grad is None:
-            view.zero_()
-        else:
-            view.copy_(p.grad)
-    return out
+    def grad_into(self, out: torch.Tensor) -> torch.Tensor:
+        """Copy the model's gradients into the flat buffer ``out`` (zeros where a grad is None)."""
+        for p, view in zip(self.params, self.layout.views(out)):
+            if p.grad is None:
+                view.zero_()
+            else:
+                view.copy_(local_tensor(p.grad))
+        return out
 
 
 def clip_model_grads_(model: nn.Module, max_norm: float | None) -> float | None:
@@ -112,9 +132,42 @@ def loss_and_grad(task: Task, model: nn.Module, batch: Batch, step: int) -> floa
     return float(loss.detach())
 
 
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The full (unsharded) state dict of ``model`` on CPU, gathered from shards where the
+    parameters are DTensors (collective then: every rank of the mesh calls it)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    else:
+        state = model.state_dict()
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def gather_full_state(ctx: WorkerContext, model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The full state dict on the logging rank (None elsewhere); collective.
+
+    Shards (DTensor parameters) are gathered by ``get_model_state_dict``; with pipeline
+    stages (``pp > 1``) each stage holds the blocks it owns under their full-model names,
+    and the stages' dicts are merged on the logging rank.
+    """
+    state = full_model_state(model)
+    if ctx.dims.pp > 1:
+        last_stage = ctx.dims.rank_at(**{**ctx.coords, "pp": ctx.dims.pp - 1})
+        parts = ctx.group("pp").gather_objects(state, dst=last_stage)
+        state = {k: v for part in parts or [] for k, v in part.items()}
+    return state if ctx.is_main else None
+
+
 def final_report(ctx: WorkerContext, task: Task, model: nn.Module, steps: int, iterations: int,
                  grad_evals: int, last_loss: float) -> dict[str, Any]:
-    """Evaluate and save the final model on rank 0; the summary fields every method shares."""
+    """Collective end of run: gather the full model, evaluate it and save ``final.pt`` (a
+    full, ``weights_only``-loadable state dict) on the logging rank; the summary fields
+    every method shares. A rank whose model is one pipeline stage evaluates a full model
+    rebuilt from the gathered state."""
+    state = gather_full_state(ctx, model)
     summary: dict[str, Any] = {
         "steps": steps,
         "iterations": iterations,
@@ -125,10 +178,13 @@ def final_report(ctx: WorkerContext, task: Task, model: nn.Module, steps: int, i
         "items_consumed": grad_evals * task.items_per_step(),
         "n_params": sum(p.numel() for p in model.parameters()),
     }
-    if ctx.is_main:
+    if ctx.is_main and state is not None:
+        if ctx.dims.pp > 1 or ctx.dims.dp_shard > 1 or ctx.dims.tp > 1:
+            model = task.build_model()
+            model.load_state_dict(state)
+            summary["n_params"] = sum(p.numel() for p in model.parameters())
         metrics = task.evaluate(model)
         summary.update({f"final_{k}": v for k, v in metrics.items()})
-        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         torch.save(state, ctx.run_dir / "final.pt")
     return summary
 
@@ -151,13 +207,16 @@ def should_eval(ctx: WorkerContext, done: int, previous: int) -> bool:
 
 def resume_torch_training(ctx: WorkerContext, model: nn.Module, optimizer: torch.optim.Optimizer
                           ) -> tuple[int, float]:
-    """Restore model and optimizer from rank 0's checkpoint (ranks share one state) and open
-    the metrics file; returns ``(first step to run, last loss)``."""
-    checkpoint = ctx.load_checkpoint(rank=0)
+    """Restore this rank's model and optimizer (``set_state_dict``: its shards or stage, or
+    the whole model when replicated) from its own checkpoint and open the metrics file;
+    returns ``(first step to run, last loss)``."""
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    checkpoint = ctx.load_checkpoint()
     start, loss = 0, float("nan")
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        set_state_dict(model, optimizer, model_state_dict=checkpoint["model"],
+                       optim_state_dict=checkpoint["optimizer"])
         start, loss = checkpoint["step"], checkpoint["loss"]
         ctx.log.info("resumed at step %d", start)
     ctx.open_metrics(keep_rows=checkpoint["metrics_rows"] if checkpoint and ctx.is_main else None)
@@ -166,7 +225,11 @@ def resume_torch_training(ctx: WorkerContext, model: nn.Module, optimizer: torch
 
 def checkpoint_torch_training(ctx: WorkerContext, model: nn.Module, optimizer: torch.optim.Optimizer,
                               done: int, previous: int, loss: float) -> None:
-    """Rank 0 writes model + optimizer when a checkpoint is due (all ranks hold the same)."""
-    if ctx.is_main and ctx.due_for_checkpoint(done, previous):
-        ctx.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "step": done, "loss": loss})
+    """When due, every rank writes its own model + optimizer state (``get_state_dict``), so
+    sharded, staged and diverging replicas (local SGD) all come back exactly."""
+    if not ctx.due_for_checkpoint(done, previous):
+        return
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    ctx.save_checkpoint({"model": model_state, "optimizer": optim_state, "step": done, "loss": loss})

@@ -1,8 +1,8 @@
 """Naive data parallelism, as in the PASO seed's baseline: one all-reduce per parameter.
 
-Initial weights are broadcast from rank 0; after backward every gradient is summed across
-ranks with its own collective and divided by the world size. No bucketing, no overlap of
-communication with backward: this is the baseline DDP improves on.
+Initial weights are broadcast from the first replica; after backward every gradient is
+summed across replicas with its own collective and divided by their number. No bucketing,
+no overlap of communication with backward: this is the baseline DDP improves on.
 """
 
 from __future__ import annotations
@@ -12,21 +12,29 @@ from typing import Any, Callable
 from torch import nn
 
 from ..context import WorkerContext
+from ..distributed import Comm
 from ..tasks.base import Task
-from .data_parallel import train_data_parallel
+from . import MethodSpec, register
+from .data_parallel import DataParallelOptions, replica_dims, train_data_parallel
 
 
-def wrap_naive(ctx: WorkerContext, model: nn.Module) -> tuple[nn.Module, Callable[[], None]]:
+def wrap_naive(ctx: WorkerContext, replicas: Comm, model: nn.Module) -> tuple[nn.Module, Callable[[], None]]:
+    first = ctx.dims.rank_at(dp_replicate=0)
     for tensor in list(model.parameters()) + list(model.buffers()):
-        ctx.comm.broadcast_(tensor.data, src=0)
+        replicas.broadcast_(tensor.data, src=first)
 
     def sync() -> None:
         for p in model.parameters():
             if p.grad is not None:
-                ctx.comm.all_reduce_(p.grad).div_(ctx.world)
+                replicas.all_reduce_(p.grad).div_(replicas.world)
 
     return model, sync
 
 
 def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
     return train_data_parallel(ctx, task, wrap_naive, "per-parameter all-reduce")
+
+
+SPEC = register(MethodSpec(
+    name="naive_dp", summary="data parallel with one all-reduce per parameter (the PASO seed's baseline)",
+    options=DataParallelOptions, dims=replica_dims, default_nproc=lambda options: 2, train=train))

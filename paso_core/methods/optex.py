@@ -43,15 +43,38 @@ from typing import Any, Callable, Collection
 
 import torch
 
-from ..config import RunConfig
+from ..config import RunConfig, check_window
 from ..context import WorkerContext
 from ..optim.kernel_gradient import GradientHistory, KernelGradientEstimator, cosine_distance
-from ..optim.updates import OptimSpec, clip_flat_, functional_step, init_state
+from ..optim.updates import OptimSpec, clip_flat_, functional_step, init_state, lr_at
+from ..options import MethodOptions, check_int, check_number, option
+from ..parallel import ParallelDims
 from ..tasks.base import Task
-from .common import eval_columns, final_report, flat_grad, flat_params, loss_and_grad, should_eval
+from . import MethodSpec, register
+from .common import FlatParams, eval_columns, final_report, loss_and_grad, should_eval
 
 State = dict[str, torch.Tensor]
 GradientFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, float]]
+
+
+@dataclass
+class OptexOptions(MethodOptions):
+    """OptEx's knobs (``docs/optex.md``)."""
+
+    P: int = option(4, "workers N: steps advanced per iteration")
+    history: int = option(20, "T0: true (point, gradient) pairs the GP is fitted on")
+    lengthscale: float = option(1.0, "initial Matern 5/2 length scale (normalised)")
+    noise: float = option(1e-3, "GP observation noise")
+    tune_every: int = option(10, "re-tune the length scale every this many iterations (0: never)")
+
+    def check(self, cfg: RunConfig) -> None:
+        super().check(cfg)
+        check_int("P", self.P)
+        check_window(cfg, self.P)
+        check_int("history", self.history, 2)
+        check_number("lengthscale", self.lengthscale, 0.0, low_open=True)
+        check_number("noise", self.noise, 0.0, low_open=True)
+        check_int("tune_every", self.tune_every, 0)
 
 
 # ============================================================== pure helpers (unit-tested)
@@ -282,19 +305,20 @@ class OptexWorker:
         self.N = ctx.world
         self.spec = OptimSpec.from_config(self.cfg)
         self.model = task.build_model()
-        self.params = flat_params(self.model)          # the model's parameters, evaluated in place
+        self.flat = FlatParams(self.model)             # x is written into the model before a gradient
+        self.params = self.flat.new_vector()
         self.grad = torch.zeros_like(self.params)
         self.grads = torch.zeros(self.N, self.params.numel(), dtype=self.params.dtype, device=self.params.device)
-        cfg: RunConfig = self.cfg
-        self.core = OptexCore(self.spec, self.N, self.params, cfg.history, cfg.lengthscale, cfg.noise,
-                              cfg.tune_every)
+        opts: OptexOptions = ctx.options
+        self.core = OptexCore(self.spec, self.N, self.params, opts.history, opts.lengthscale, opts.noise,
+                              opts.tune_every)
 
     def true_gradient(self, x: torch.Tensor, step: int) -> tuple[float, float]:
         """Loss and clipped gradient (into ``self.grad``) at ``x`` on the batch of ``step``."""
         tic = time.perf_counter()
-        self.params.copy_(x)
+        self.flat.load_(x)
         loss = loss_and_grad(self.task, self.model, self.task.train_batch(step), step)
-        flat_grad(self.model, self.grad)
+        self.flat.grad_into(self.grad)
         clip_flat_(self.grad, self.spec.grad_clip)
         return loss, time.perf_counter() - tic
 
@@ -327,39 +351,34 @@ class OptexWorker:
         own = {k: roll.estimates[k]} if active and k < n - 1 else {}
         cos, rel = proxy_errors(own, self.grads)
         core.finish(roll, self.grads, n)
-        t_comm = ctx.comm.seconds - comm_before
-        gathered = ctx.comm.all_gather_floats([
-            k, loss, t_grad, t_comm, t_proxy, cos[0] if cos else float("nan"), rel[0] if rel else float("nan"),
-            core.checksum(), float(ctx.comm.bytes_sent)])
-        checks = gathered[:, 7]
+        stats, gathered = ctx.gather_iteration(t_grad, [
+            k, loss, t_proxy, cos[0] if cos else float("nan"), rel[0] if rel else float("nan"), core.checksum()])
+        checks = gathered[:, 5]
         if not bool((checks == checks[0]).all()):
             raise RuntimeError(
                 f"OptEx replicas diverged at iteration {book.iterations} (checksums {checks.tolist()}): "
                 "the replicated proxy rollout must be bitwise deterministic on every rank; use the same "
                 "hardware and threads_per_worker on all ranks")
-        cos_all = [c for c in gathered[:n - 1, 5].tolist() if math.isfinite(c)]
-        rel_all = [r for r in gathered[:n - 1, 6].tolist() if math.isfinite(r)]
+        cos_all = [c for c in gathered[:n - 1, 3].tolist() if math.isfinite(c)]
+        rel_all = [r for r in gathered[:n - 1, 4].tolist() if math.isfinite(r)]
         book.last_loss = float(gathered[n - 1, 1])
         row = {
-            "iteration": book.iterations, "window_start": t, "workers": n,
-            "steps_done": book.steps_done, "train_loss": float(gathered[0, 1]),
-            "loss_last_worker": book.last_loss,
+            "train_loss": float(gathered[0, 1]), "lr": lr_at(self.spec, t),
+            "window_start": t, "workers": n, "loss_last_worker": book.last_loss,
             "proxy": core.proxy_kind, "history_size": history_used,
             "lengthscale": core.lengthscale, "lengthscale_raw": core.lengthscale_raw,
             "grad_est_cosine": statistics.fmean(cos_all) if cos_all else float("nan"),
             "grad_est_cosine_max": max(cos_all) if cos_all else float("nan"),
             "grad_est_relerr": statistics.fmean(rel_all) if rel_all else float("nan"),
-            "time_grad_s": float(gathered[:, 2].max()), "time_comm_s": float(gathered[:, 3].max()),
-            "time_proxy_s": float(gathered[:, 4].max()),
-            "bytes_sent_rank0": int(gathered[0, 8]), "bytes_sent_max": int(gathered[:, 8].max()),
-            "grad_evals": book.grad_evals, "iteration_time_s": time.perf_counter() - tic,
+            "time_proxy_s": float(gathered[:, 2].max()),
         }
         ctx.check_finite(row["train_loss"], f"step {t} (OptEx iteration {book.iterations})")
-        return row
+        ctx.record_train(row, stats, time.perf_counter() - tic, steps_done=book.steps_done,
+                         iteration=book.iterations, grad_evals=book.grad_evals, last=book.steps_done >= self.cfg.steps)
+        return {**row, **stats}
 
     def final_model(self) -> torch.nn.Module:
-        self.params.copy_(self.core.x)
-        return self.model
+        return self.flat.load_(self.core.x)
 
 
 def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
@@ -372,9 +391,10 @@ def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
         core.load_state_dict(checkpoint["core"])
         ctx.log.info("resumed at step %d (iteration %d)", core.book.steps_done, core.book.iterations)
     ctx.open_metrics(keep_rows=checkpoint["metrics_rows"] if checkpoint and ctx.is_main else None)
-    ctx.log.info("OptEx: N=%d T0=%d lengthscale=%g noise=%g tune_every=%d", worker.N, ctx.cfg.history,
-                 ctx.cfg.lengthscale, ctx.cfg.noise, ctx.cfg.tune_every)
-    totals = {"time_grad_s": 0.0, "time_comm_s": 0.0, "time_proxy_s": 0.0}
+    opts = ctx.options
+    ctx.log.info("OptEx: N=%d T0=%d lengthscale=%g noise=%g tune_every=%d", worker.N, opts.history,
+                 opts.lengthscale, opts.noise, opts.tune_every)
+    totals = {"time_compute_s": 0.0, "time_comm_s": 0.0, "time_proxy_s": 0.0}
     cosines: list[float] = []
     while core.book.steps_done < T:
         before = core.book.steps_done
@@ -383,11 +403,12 @@ def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
             totals[key] += row[key]
         if math.isfinite(row["grad_est_cosine"]):
             cosines.append(row["grad_est_cosine"])
-        if should_eval(ctx, core.book.steps_done, before) and ctx.is_main:  # replicas agree: rank 0 suffices
-            row.update(eval_columns(task, worker.final_model()))
-        ctx.log_row(row)
-        if row["iteration"] % ctx.cfg.log_every == 0 or core.book.steps_done >= T:
-            ctx.progress(core.book.steps_done, T, iters=row["iteration"], loss=row["train_loss"],
+        book = core.book
+        if should_eval(ctx, book.steps_done, before) and ctx.is_main:  # replicas agree: one rank suffices
+            ctx.record_eval(eval_columns(task, worker.final_model()), steps_done=book.steps_done,
+                            iteration=book.iterations, grad_evals=book.grad_evals)
+        if book.iterations % ctx.cfg.log_every == 0 or book.steps_done >= T:
+            ctx.progress(book.steps_done, T, iters=book.iterations, loss=row["train_loss"],
                          cos=row["grad_est_cosine"])
         if ctx.is_main and ctx.due_for_checkpoint(core.book.iterations, core.book.iterations - 1):
             ctx.save_checkpoint({"core": core.state_dict()})
@@ -395,7 +416,7 @@ def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
     book = core.book
     summary = final_report(ctx, task, worker.final_model(), T, book.iterations, book.grad_evals, book.last_loss)
     summary.update({
-        "N": worker.N, "history": ctx.cfg.history, "noise": ctx.cfg.noise, "tune_every": ctx.cfg.tune_every,
+        "N": worker.N, "history": opts.history, "noise": opts.noise, "tune_every": opts.tune_every,
         "final_lengthscale": core.lengthscale, "final_lengthscale_raw": core.lengthscale_raw,
         "lengthscale_tunes": book.tunes,
         "grad_est_cosine_mean": statistics.fmean(cosines) if cosines else float("nan"),
@@ -403,3 +424,10 @@ def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
         "variant": "algorithm (proxy rollout with GP-mean gradients), not the public PyTorch port",
     })
     return summary
+
+
+SPEC = register(MethodSpec(
+    name="optex", summary="OptEx: N steps per iteration from a kernelized (GP) gradient estimate",
+    options=OptexOptions, dims=lambda cfg: ParallelDims(window=cfg.options.P),
+    default_nproc=lambda options: options.P, train=train,
+    world_rule="runs one worker per window step, so nproc*nnodes must equal P"))

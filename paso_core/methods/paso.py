@@ -20,7 +20,8 @@ takes the middle entry of the errors in window order (``errors[len // 2]``), as 
 its guess is one step behind, so it inflates the tolerance, which costs quality on some tasks
 (the WikiText artifact measures both).
 
-Memory per rank: its guess (the model's parameters, in one padded flat vector), one gradient
+Memory per rank: the model, its guess (a padded flat copy of the parameters, written into
+the model before each gradient, see :class:`FlatParams`), one gradient
 (which doubles as the parameter scan's accumulator), one optimizer state, and two
 preallocated buffers (the optimizer-state scan accumulator and one receive buffer), whatever
 ``P`` is; a scan iteration allocates nothing parameter-sized. Positions rotate over ranks as
@@ -39,20 +40,84 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..config import RunConfig, check_window
 from ..context import WorkerContext
-from ..optim.scan import param_coeff, param_offset_into, prefix_scan_, state_coeffs, state_offsets_into
 from ..distributed import Comm
-from ..optim.updates import OptimSpec, TorchStep, functional_step, init_state
+from ..optim.scan import param_coeff, param_offset_into, prefix_scan_, state_coeffs, state_offsets_into
+from ..optim.updates import OptimSpec, TorchStep, functional_step, init_state, lr_at as lr_of
+from ..options import ConfigError, MethodOptions, check_int, check_number, check_path_or_none, option
+from ..parallel import ParallelDims
 from ..tasks.base import Task
-from .common import (FlatLayout, bind_flat_params, clip_model_grads_, eval_columns, final_report, flat_grad,
-                     loss_and_grad, should_eval)
+from . import MethodSpec, register
+from .common import FlatLayout, FlatParams, clip_model_grads_, eval_columns, final_report, loss_and_grad, should_eval
 
 #: Every parameter starts on this boundary inside the flat vector, as a fresh allocation would.
 ALIGN_BYTES = 512
+
+ADAPTIVITY = ("mean", "median")
+#: Which errors feed PASO's adaptive tolerance: the seed's P (the last position against its own
+#: guess) or only the P-1 that have a next guess (this repository's earlier rule).
+THRESHOLD_ERRORS = ("seed", "next_guess")
+PASO_INITS = ("copy", "extrapolate", "trajectory")
+PASO_ROLLOUTS = ("auto", "scan", "relay")
+
+
+@dataclass
+class PasoOptions(MethodOptions):
+    """PASO's knobs (``docs/paso.md``)."""
+
+    P: int = option(4, "window size: steps solved in parallel, one worker each")
+    threshold: float = option(1e-5, "initial tolerance on the per-position error (0: exact serial)")
+    ema_decay: float = option(0.999, "tolerance <- tolerance*ema + window statistic*(1-ema); 1: fixed")
+    adaptivity: str = option("mean", "window statistic of the errors that adapts the tolerance", ADAPTIVITY)
+    threshold_errors: str = option("seed", "errors feeding the tolerance: the seed's P, or the P-1 with a "
+                                   "next guess", THRESHOLD_ERRORS)
+    init: str = option("copy", "guesses of new window positions: copy the last iterate, extrapolate its "
+                       "step, or read a recorded trajectory", PASO_INITS)
+    init_trajectory: str | None = option(None, "torch file of a recorded trajectory (init='trajectory')")
+    rollout: str = option("auto", "scan: O(d log P) prefix scan; relay: sequential chain (coupled weight "
+                          "decay); auto: scan when possible", PASO_ROLLOUTS)
+
+    def check(self, cfg: RunConfig) -> None:
+        super().check(cfg)
+        check_int("P", self.P)
+        check_window(cfg, self.P)
+        check_number("threshold", self.threshold, 0.0)
+        check_number("ema_decay", self.ema_decay, 0.0, 1.0)
+        _check_init_trajectory(self)
+        if self.rollout == "scan" and cfg.optimizer != "adamw" and cfg.resolved_weight_decay > 0:
+            raise ConfigError(
+                f"rollout='scan' needs weight decay outside the gradient; optimizer={cfg.optimizer!r} with "
+                f"weight_decay={cfg.resolved_weight_decay} couples it in: use rollout='relay' or 'auto', "
+                "or optimizer='adamw'")
+
+
+def _check_init_trajectory(cfg: PasoOptions) -> None:
+    """init='trajectory' seeds PASO's guesses from a recorded trajectory file, and only it reads one."""
+    check_path_or_none("init_trajectory", cfg.init_trajectory)
+    if cfg.init != "trajectory":
+        if cfg.init_trajectory is not None:
+            raise ConfigError(f"init_trajectory={cfg.init_trajectory!r} is only read with init='trajectory' "
+                              f"(got init={cfg.init!r}); set init='trajectory' or drop init_trajectory")
+        return
+    if not cfg.init_trajectory:
+        raise ConfigError("init='trajectory' needs init_trajectory=<torch file holding the recorded "
+                          "parameter trajectory>; or choose init from: copy, extrapolate")
+    if not Path(cfg.init_trajectory).is_file():
+        raise ConfigError(f"init_trajectory={cfg.init_trajectory!r} is not a file; give the torch file "
+                          "holding the recorded parameter trajectory")
+
+
+
+def window_dims(cfg: RunConfig) -> ParallelDims:
+    """One rank per window position."""
+    return ParallelDims(window=cfg.options.P)
+
 
 
 @dataclass
@@ -156,29 +221,30 @@ class PasoWorker:
     """One rank's part of PASO: its guess, gradient and optimizer state."""
 
     def __init__(self, ctx: WorkerContext, task: Task) -> None:
-        self.ctx, self.task, self.cfg = ctx, task, ctx.cfg
+        self.ctx, self.task, self.cfg, self.opts = ctx, task, ctx.cfg, ctx.options
         self.P = ctx.world
         self.spec = OptimSpec.from_config(self.cfg)
-        self.rollout = choose_rollout(self.cfg.rollout, self.spec)
+        self.rollout = choose_rollout(self.opts.rollout, self.spec)
         self.model = task.build_model()
-        # this rank's guess: the model's parameters, as views into one padded flat vector
-        self.x, self.layout = bind_flat_params(self.model, ALIGN_BYTES)
+        # this rank's guess: a padded flat copy of the model's parameters
+        self.flat = FlatParams(self.model, ALIGN_BYTES)
+        self.x, self.layout = self.flat.new_vector(), self.flat.layout
         self.grad = torch.zeros_like(self.x)
         self.state = init_state(self.spec, self.x)
-        self.exact = TorchStep(self.spec, [p for p in self.model.parameters() if p.requires_grad])
+        self.exact = TorchStep(self.spec, self.layout.views(self.x))
         d, n_state = self.x.numel(), len(self.spec.state_names)
         # Reused every iteration: the phase-1 (optimizer state) scan accumulator, and one
         # receive buffer that also carries the new tail's seed when the window slides. The
         # phase-2 (parameter) accumulator is ``self.grad``: the gradient is spent by then.
         self.scan_state = self.x.new_empty(d * n_state)
-        self.recv = self.x.new_empty(d * max(n_state, 2 if self.cfg.init == "extrapolate" else 1))
-        self.win = Window(threshold=self.cfg.threshold)
+        self.recv = self.x.new_empty(d * max(n_state, 2 if self.opts.init == "extrapolate" else 1))
+        self.win = Window(threshold=self.opts.threshold)
         self._bytes_at_gather = 0
         # init="extrapolate": the last position's guess before the slide, to form its step
         self._guess_before_slide: torch.Tensor | None = None
         # init="trajectory": new guesses are read from a recorded trajectory (tests, warm starts)
-        self.trajectory = (load_trajectory(str(self.cfg.init_trajectory), self.layout, self.cfg.steps)
-                           if self.cfg.init == "trajectory" else None)
+        self.trajectory = (load_trajectory(str(self.opts.init_trajectory), self.layout, self.cfg.steps)
+                           if self.opts.init == "trajectory" else None)
         self._guess_from_trajectory(self.win.position(ctx.rank, self.P))
 
     def _guess_from_trajectory(self, step: int) -> None:
@@ -193,9 +259,10 @@ class PasoWorker:
             return float("nan"), 0.0
         tic = time.perf_counter()
         step = self.win.start + pos
+        self.flat.load_(self.x)
         loss = loss_and_grad(self.task, self.model, self.task.train_batch(step), step)
         clip_model_grads_(self.model, self.spec.grad_clip)
-        flat_grad(self.model, self.grad, self.layout)
+        self.flat.grad_into(self.grad)
         self.model.zero_grad(set_to_none=True)  # the flat copy is all the rollout needs
         return loss, time.perf_counter() - tic
 
@@ -291,16 +358,16 @@ class PasoWorker:
             source = self.win.rank_of(window - 1, self.P)
             tails = [self.win.rank_of(p, self.P) for p in range(accepted - 1)]
             d = self.x.numel()
-            seed = self.recv[:2 * d if self.cfg.init == "extrapolate" else d]
+            seed = self.recv[:2 * d if self.opts.init == "extrapolate" else d]
             if self.ctx.rank == source:
                 seed[:d].copy_(out_x)
-                if self.cfg.init == "extrapolate":
+                if self.opts.init == "extrapolate":
                     torch.sub(out_x, self._guess_before_slide, out=seed[d:])
             tree_broadcast_(self.ctx.comm, seed, [source] + tails, self.ctx.rank)
             if is_tail:
                 k = pos + 1  # this rank becomes tail position P-accepted+k
                 self.x.copy_(seed[:d])
-                if self.cfg.init == "extrapolate":
+                if self.opts.init == "extrapolate":
                     self.x.add_(seed[d:], alpha=float(k))
                 self._guess_from_trajectory(self.win.start + self.P + k)
         self.win.start_rank = self.win.rank_of(accepted - 1, self.P)
@@ -312,7 +379,7 @@ class PasoWorker:
         active = pos < window
         comm_before, tic = ctx.comm.seconds, time.perf_counter()
         loss, t_grad = self.gradient(pos, active)
-        if self.cfg.init == "extrapolate":
+        if self.opts.init == "extrapolate":
             self._guess_before_slide = self.x.clone() if pos == window - 1 else None
         tic_roll = time.perf_counter()
         if self.rollout == "scan":
@@ -321,39 +388,31 @@ class PasoWorker:
             out_x, out_state = self.relay_rollout(pos, active)
         err = self.error_with_next_guess(pos, window, out_x)
         t_roll = time.perf_counter() - tic_roll
-        t_comm = ctx.comm.seconds - comm_before
-        sent = ctx.comm.bytes_sent
-        gathered = ctx.comm.all_gather_floats([pos, err, loss, t_grad, t_comm, t_roll - t_comm,
-                                               float(sent), float(sent - self._bytes_at_gather)])
-        self._bytes_at_gather = sent
+        t_comm_roll = ctx.comm.seconds - comm_before
+        stats, gathered = ctx.gather_iteration(t_grad, [pos, err, loss, t_roll - t_comm_roll])
         by_pos = gathered[gathered[:, 0].argsort()]
         errors = by_pos[:window, 1].tolist()  # one per position, the last against its own guess
         accepted = accepted_steps(errors[:window - 1], win.threshold, window)
         finite = [e for e in errors if math.isfinite(e)]
         row = {
-            "iteration": win.iterations + 1, "window_start": win.start, "window_size": window,
+            "train_loss": float(by_pos[0, 2]), "lr": lr_of(self.spec, win.start),
+            "window_start": win.start, "window_size": window,
             "accepted": accepted, "threshold": win.threshold,
             "err_mean": window_statistic(errors, "mean"),
             "err_median": window_statistic(errors, "median"),
             "err_max": max(finite) if finite else float("nan"),
-            "train_loss": float(by_pos[0, 2]),
-            "time_grad_s": float(gathered[:, 3].max()), "time_comm_s": float(gathered[:, 4].max()),
-            "time_rollout_s": float(gathered[:, 5].max()),
-            "bytes_sent_rank0": int(gathered[0, 6]), "bytes_sent_max": int(gathered[:, 6].max()),
-            # bytes each rank sent since the previous gather (one slide, rollout, error
-            # exchange and gather), maximum over ranks: the per-iteration busiest rank
-            "bytes_iter_max": int(gathered[:, 7].max()),
-            "iteration_time_s": time.perf_counter() - tic,
+            "time_rollout_s": float(gathered[:, 3].max()),
         }
         ctx.check_finite(row["train_loss"], f"step {win.start} (window start)")
         win.last_loss = float(by_pos[window - 1, 2])
-        adapted = errors if self.cfg.threshold_errors == "seed" else errors[:window - 1]
-        win.threshold = updated_threshold(win.threshold, adapted, self.cfg.ema_decay, self.cfg.adaptivity)
+        adapted = errors if self.opts.threshold_errors == "seed" else errors[:window - 1]
+        win.threshold = updated_threshold(win.threshold, adapted, self.opts.ema_decay, self.opts.adaptivity)
         self.slide(pos, window, accepted, out_x, out_state)
         win.start += accepted
         win.iterations += 1
         win.grad_evals += window
-        row.update({"steps_done": win.start, "grad_evals": win.grad_evals})
+        ctx.record_train(row, stats, time.perf_counter() - tic, steps_done=win.start, iteration=win.iterations,
+                         grad_evals=win.grad_evals, last=win.start >= self.cfg.steps)
         return row
 
     # ------------------------------------------------------------ checkpointing
@@ -367,13 +426,14 @@ class PasoWorker:
         self.win = Window(**checkpoint["window"])
 
     def gather_final_model(self) -> torch.nn.Module:
-        """Bring the final parameters (held by window position 0) to every rank."""
+        """Bring the final parameters (held by window position 0) to every rank's model."""
         self.ctx.comm.broadcast_(self.x, src=self.win.start_rank)
-        return self.model
+        return self.flat.load_(self.x)
 
     def evaluate_window_start(self) -> dict[str, float]:
+        """Held-out metrics of the exact state (window position 0), on the logging rank."""
         holder = self.win.start_rank
-        metrics = eval_columns(self.task, self.model) if self.ctx.rank == holder else None
+        metrics = eval_columns(self.task, self.flat.load_(self.x)) if self.ctx.rank == holder else None
         return self.ctx.comm.broadcast_object(metrics, src=holder)
 
 
@@ -385,17 +445,17 @@ def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
         ctx.log.info("resumed at step %d (iteration %d)", worker.win.start, worker.win.iterations)
     ctx.open_metrics(keep_rows=checkpoint["metrics_rows"] if checkpoint and ctx.is_main else None)
     ctx.log.info("PASO: P=%d rollout=%s threshold=%g ema=%g", worker.P, worker.rollout,
-                 ctx.cfg.threshold, ctx.cfg.ema_decay)
+                 ctx.options.threshold, ctx.options.ema_decay)
     T = ctx.cfg.steps
     while worker.win.start < T:
         before = worker.win.start
         row = worker.iterate()
-        if should_eval(ctx, worker.win.start, before):
-            row.update(worker.evaluate_window_start())
-        ctx.log_row(row)
-        if row["iteration"] % ctx.cfg.log_every == 0 or worker.win.start >= T:
-            ctx.progress(worker.win.start, T, iters=row["iteration"], loss=row["train_loss"],
-                         accepted=row["accepted"])
+        win = worker.win
+        if should_eval(ctx, win.start, before):
+            ctx.record_eval(worker.evaluate_window_start(), steps_done=win.start, iteration=win.iterations,
+                            grad_evals=win.grad_evals)
+        if win.iterations % ctx.cfg.log_every == 0 or win.start >= T:
+            ctx.progress(win.start, T, iters=win.iterations, loss=row["train_loss"], accepted=row["accepted"])
         if ctx.due_for_checkpoint(worker.win.iterations, worker.win.iterations - 1):
             ctx.save_checkpoint(worker.checkpoint_state())
         ctx.maybe_stop(worker.win.iterations)
@@ -406,3 +466,9 @@ def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
                     # the unit of the bytes bound: one padded flat parameter vector
                     "vector_bytes": worker.x.numel() * worker.x.element_size()})
     return summary
+
+
+SPEC = register(MethodSpec(
+    name="paso", summary="PASO: step-parallel fixed-point iteration over a window of P steps",
+    options=PasoOptions, dims=window_dims, default_nproc=lambda options: options.P, train=train,
+    world_rule="runs one worker per window step, so nproc*nnodes must equal P"))

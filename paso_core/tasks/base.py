@@ -4,12 +4,16 @@ Methods only talk to this interface, so a new task works with every method and a
 method works on every task. The batch of step ``t`` (and any randomness used while
 computing its loss) is a pure function of ``(seed, t)``: PASO re-evaluates the same step
 on different workers and needs the same answer each time.
+
+Pipeline-parallel methods see the model as an ordered list of blocks (:meth:`Task.model_blocks`):
+stage ``k`` runs :meth:`Task.forward_blocks` on its slice of blocks, the last stage applies
+:meth:`Task.loss_on`, and :meth:`Task.microbatches` splits a batch for the pipeline schedule.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -53,12 +57,39 @@ class Task(Protocol):
     def train_batch(self, step: int) -> Batch:
         """The global mini-batch of optimizer step ``step`` (a pure function of seed and step)."""
 
-    def shard(self, batch: Batch, rank: int, world: int) -> Batch:
-        """This rank's equal share of a global batch (for data-parallel methods)."""
+    def shard(self, batch: Batch, dp_rank: int, dp_size: int) -> Batch:
+        """Data-parallel coordinate ``dp_rank``'s equal share of a global batch.
+
+        Named by the data-parallel coordinate, not the global rank: with pipeline stages
+        several ranks hold the same shard."""
+
+    def microbatches(self, batch: Batch, n: int) -> list[Batch]:
+        """``batch`` split into ``n`` equal micro-batches along dim 0 (in order), for pipeline schedules."""
 
     def loss(self, model: nn.Module, batch: Batch, step: int) -> torch.Tensor:
         """Mean loss of ``model`` on ``batch``; randomness seeded by ``step``."""
 
+    # ------------------------------------------------------------ the model as blocks
+    def model_blocks(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """Ordered, named blocks whose sequential composition is the whole model.
+
+        The blocks are the model's own submodules (or thin wrappers registering them), never
+        copies, so a stage's parameters *are* the model's. A parameter tied across blocks (GPT-2's
+        embedding = LM head) appears in each of them; see :func:`shared_block_parameters`."""
+
+    def inputs(self, batch: Batch) -> torch.Tensor | None:
+        """What the first block takes (None for tasks without data)."""
+
+    def targets(self, batch: Batch) -> torch.Tensor | None:
+        """What :meth:`loss_on` compares the last block's outputs with."""
+
+    def forward_blocks(self, blocks: Sequence[nn.Module], x: torch.Tensor | None) -> torch.Tensor:
+        """One stage's forward: apply ``blocks`` in order to ``x`` (the previous stage's output)."""
+
+    def loss_on(self, outputs: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        """Mean loss of the last block's ``outputs``; only the last pipeline stage needs it."""
+
+    # ------------------------------------------------------------ evaluation, bookkeeping
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Held-out metrics of ``model`` (test accuracy, perplexity, optimality gap, ...)."""
 
@@ -69,14 +100,73 @@ class Task(Protocol):
         """What was actually used (dataset source, sizes), recorded in the summary."""
 
 
-def shard_tensors(batch: Sequence[torch.Tensor] | None, rank: int, world: int) -> Any:
-    """Split every tensor of a batch along dim 0 into ``world`` equal parts; keep part ``rank``."""
+def _part_sizes(batch: Sequence[torch.Tensor], parts: int, what: str) -> list[int]:
+    """Rows per part of each tensor, or a ValueError naming the sizes that do not divide."""
+    if parts < 1:
+        raise ValueError(f"cannot split a batch into {parts} {what}; need at least 1")
+    sizes = [int(t.shape[0]) for t in batch]
+    if any(n % parts for n in sizes):
+        rows = "/".join(map(str, sizes))
+        raise ValueError(f"batch of {rows} rows does not split into {parts} equal {what}")
+    return [n // parts for n in sizes]
+
+
+def shard_tensors(batch: Sequence[torch.Tensor] | None, dp_rank: int, dp_size: int) -> Any:
+    """Split every tensor of a batch along dim 0 into ``dp_size`` equal parts; keep part ``dp_rank``."""
     if batch is None:
         return None
-    out = []
-    for tensor in batch:
-        if tensor.shape[0] % world:
-            raise ValueError(f"batch of {tensor.shape[0]} rows does not split into {world} equal parts")
-        part = tensor.shape[0] // world
-        out.append(tensor[rank * part:(rank + 1) * part])
-    return tuple(out)
+    sizes = _part_sizes(batch, dp_size, "parts")
+    if not 0 <= dp_rank < dp_size:
+        raise ValueError(f"dp_rank={dp_rank} is outside 0..{dp_size - 1} (dp_size={dp_size})")
+    return tuple(t[dp_rank * m:(dp_rank + 1) * m] for t, m in zip(batch, sizes))
+
+
+def microbatch_tensors(batch: Sequence[torch.Tensor] | None, n: int) -> list[Any]:
+    """``n`` equal, consecutive slices (views) of every tensor of a batch along dim 0."""
+    if batch is None:
+        if n < 1:
+            raise ValueError(f"cannot split a batch into {n} micro-batches; need at least 1")
+        return [None] * n
+    sizes = _part_sizes(batch, n, "micro-batches")
+    return [tuple(t[i * m:(i + 1) * m] for t, m in zip(batch, sizes)) for i in range(n)]
+
+
+def apply_blocks(blocks: Iterable[nn.Module], x: Any) -> Any:
+    """Sequential composition, exactly what each model's own forward does between blocks."""
+    for block in blocks:
+        x = block(x)
+    return x
+
+
+class InputTargetTask:
+    """What every task whose batch is ``(inputs, targets)`` does the same way: sharding,
+    micro-batching and stage forwards are slices along dim 0 and block composition."""
+
+    def shard(self, batch: Batch, dp_rank: int, dp_size: int) -> Batch:
+        return shard_tensors(batch, dp_rank, dp_size)
+
+    def microbatches(self, batch: Batch, n: int) -> list[Batch]:
+        return microbatch_tensors(batch, n)
+
+    def inputs(self, batch: Batch) -> torch.Tensor:
+        return batch[0]
+
+    def targets(self, batch: Batch) -> torch.Tensor:
+        return batch[1]
+
+    def forward_blocks(self, blocks: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+        return apply_blocks(blocks, x)
+
+
+def shared_block_parameters(blocks: Sequence[tuple[str, nn.Module]]) -> dict[str, list[str]]:
+    """Parameters held by more than one block (tied weights): ``{block:param name: [blocks]}``.
+
+    A pipeline method must sum such a parameter's gradient over the stages that hold it
+    (as Megatron does for tied embeddings); everything else belongs to exactly one block."""
+    owners: dict[int, tuple[str, list[str]]] = {}
+    for block_name, block in blocks:
+        for param_name, param in block.named_parameters():
+            entry = owners.setdefault(id(param), (f"{block_name}:{param_name}", []))
+            if block_name not in entry[1]:
+                entry[1].append(block_name)
+    return {name: holders for name, holders in owners.values() if len(holders) > 1}

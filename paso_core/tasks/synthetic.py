@@ -8,13 +8,13 @@ every step's loss is the function itself and the metric is the optimality gap
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from ..config import RunConfig
-from .base import Batch, generator_for
+from .base import Batch, generator_for, microbatch_tensors
 
 
 def sphere(x: torch.Tensor) -> torch.Tensor:
@@ -71,11 +71,34 @@ class SyntheticTask:
     def train_batch(self, step: int) -> Batch:
         return None
 
-    def shard(self, batch: Batch, rank: int, world: int) -> Batch:
+    def shard(self, batch: Batch, dp_rank: int, dp_size: int) -> Batch:
         return None
 
+    def microbatches(self, batch: Batch, n: int) -> list[Batch]:
+        return microbatch_tensors(batch, n)
+
     def loss(self, model: nn.Module, batch: Batch, step: int) -> torch.Tensor:
-        return self.function(model())
+        return self.loss_on(model(), None)
+
+    # ------------------------------------------------------------------ blocks
+    def model_blocks(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """One block, the point itself: there is nothing to split."""
+        return [("point", model)]
+
+    def inputs(self, batch: Batch) -> None:
+        return None
+
+    def targets(self, batch: Batch) -> None:
+        return None
+
+    def forward_blocks(self, blocks: Sequence[nn.Module], x: torch.Tensor | None) -> torch.Tensor:
+        """The point takes no input; any later (hypothetical) block takes the previous output."""
+        for block in blocks:
+            x = block() if x is None else block(x)
+        return x
+
+    def loss_on(self, outputs: torch.Tensor, targets: None = None) -> torch.Tensor:
+        return self.function(outputs)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:

@@ -24,12 +24,12 @@ from torch import nn
 from ..config import RunConfig
 from . import text_data as td
 from . import text_models as tm
-from .base import Batch, generator_for, seeded_rng, shard_tensors, step_seed
+from .base import Batch, InputTargetTask, generator_for, seeded_rng, step_seed
 
 _EVAL_PREFIX = {"validation": "val", "test": "test"}
 
 
-class TextTask:
+class TextTask(InputTargetTask):
     """Next-token prediction on packed blocks of a text corpus."""
 
     name = "text"
@@ -118,15 +118,23 @@ class TextTask:
         block = self.blocks["train"][rows]
         return block[:, :-1].to(self.device), block[:, 1:].to(self.device)
 
-    def shard(self, batch: Batch, rank: int, world: int) -> Batch:
-        return shard_tensors(batch, rank, world)
-
     def loss(self, model: nn.Module, batch: Batch, step: int) -> torch.Tensor:
         """Mean next-token cross-entropy over every target of the batch."""
-        inputs, targets = batch
         with seeded_rng(self.cfg.seed, step, self.device):
-            logits = model(input_ids=inputs, use_cache=False).logits
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+            logits = model(input_ids=self.inputs(batch), use_cache=False).logits
+        return self.loss_on(logits, self.targets(batch))
+
+    # ------------------------------------------------------------------ blocks
+    def model_blocks(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """embed, each decoder layer, final norm, lm_head (see :func:`text_models.decoder_blocks`).
+
+        GPT-2 ties ``lm_head.weight`` to the token embedding, so that one parameter is in
+        both the first and the last block."""
+        return tm.decoder_blocks(model)
+
+    def loss_on(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the logits (in float32 whatever the model dtype) over all targets."""
+        return F.cross_entropy(outputs.float().reshape(-1, outputs.shape[-1]), targets.reshape(-1))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:

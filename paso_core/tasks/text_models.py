@@ -15,6 +15,9 @@ Options (declared and validated in :class:`~paso_core.config.RunConfig`): ``n_po
 (context of built models, default 1024), ``attn_implementation`` ('sdpa' default, or
 'eager'), ``dtype`` (parameter dtype: 'float32' default, 'bfloat16', 'float16'; 'auto' =
 the checkpoint's, pretrained only), ``keep_dropout``, ``modelscope_cache`` (download directory).
+
+:func:`decoder_blocks` cuts a decoder-only LM into pipeline blocks (embedding, each layer, final
+norm, LM head) whose composition is the model's own forward, op for op.
 """
 
 from __future__ import annotations
@@ -155,3 +158,107 @@ def build_lm(cfg: RunConfig, vocab_size: int, model_dir: str | None = None,
     if model_dir is None:
         return AutoModelForCausalLM.from_config(config, attn_implementation=impl, dtype=dtype)
     return AutoModelForCausalLM.from_pretrained(model_dir, config=config, attn_implementation=impl, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------- blocks
+MASK_FUNCTIONS = {"full_attention": "create_causal_mask", "sliding_attention": "create_sliding_window_causal_mask"}
+
+
+def _positions(hidden: torch.Tensor) -> torch.Tensor:
+    """0..T-1 as the models build them without a cache: shape (1, T)."""
+    return torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
+
+
+def _causal_mask(config: Any, hidden: torch.Tensor, position_ids: torch.Tensor,
+                 layer_type: str = "full_attention") -> Any:
+    """The mask the model's own forward builds, from transformers' own mask function.
+
+    Why not None: with attention_mask=None only SDPA is causal (``is_causal``); eager
+    attention would attend to the future. ``create_causal_mask`` returns None for SDPA
+    and an explicit additive mask for eager, exactly as the whole-model path does."""
+    from transformers import masking_utils
+
+    if layer_type not in MASK_FUNCTIONS:
+        raise NotImplementedError(f"no block mask for layer type {layer_type!r}; known: {', '.join(MASK_FUNCTIONS)}")
+    make = getattr(masking_utils, MASK_FUNCTIONS[layer_type])
+    return make(config=config, inputs_embeds=hidden, attention_mask=None, cache=None, position_ids=position_ids)
+
+
+class GPT2Embed(nn.Module):
+    """Token + position embeddings and embedding dropout of a GPT-2 (``model.transformer``)."""
+
+    def __init__(self, transformer: nn.Module) -> None:
+        super().__init__()
+        self.wte, self.wpe, self.drop = transformer.wte, transformer.wpe, transformer.drop
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        input_ids = input_ids.view(-1, input_ids.shape[-1])
+        inputs_embeds = self.wte(input_ids)
+        position_embeds = self.wpe(_positions(inputs_embeds))
+        return self.drop(inputs_embeds + position_embeds.to(inputs_embeds.device))
+
+
+class GPT2Layer(nn.Module):
+    """One ``GPT2Block`` taking and returning hidden states only; it builds its own causal mask."""
+
+    def __init__(self, block: nn.Module, config: Any) -> None:
+        super().__init__()
+        self.block = block
+        self.config = config
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        position_ids = _positions(hidden)
+        mask = _causal_mask(self.config, hidden, position_ids)
+        return self.block(hidden, None, mask, None, encoder_attention_mask=None, use_cache=False,
+                          position_ids=position_ids)
+
+
+class DecoderLayer(nn.Module):
+    """One decoder layer of a Llama-style model (Llama, Qwen2, ...), hidden states in
+    and out: rotary embeddings and the (causal or sliding-window) mask are rebuilt inside, so
+    nothing but the hidden states crosses a stage boundary. ``rotary_emb`` holds buffers only."""
+
+    def __init__(self, layer: nn.Module, rotary_emb: nn.Module, config: Any, layer_type: str) -> None:
+        super().__init__()
+        if layer_type not in MASK_FUNCTIONS:
+            raise NotImplementedError(
+                f"{type(layer).__name__} is a {layer_type!r} layer; blocks support {', '.join(MASK_FUNCTIONS)}")
+        self.layer = layer
+        self.rotary_emb = rotary_emb
+        self.config = config
+        self.layer_type = layer_type
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        position_ids = _positions(hidden)
+        mask = _causal_mask(self.config, hidden, position_ids, self.layer_type)
+        position_embeddings = self.rotary_emb(hidden, position_ids)
+        return self.layer(hidden, attention_mask=mask, position_embeddings=position_embeddings,
+                          position_ids=position_ids, cache=None, use_cache=False)
+
+
+def _has(module: Any, *names: str) -> bool:
+    return module is not None and all(hasattr(module, n) for n in names)
+
+
+def decoder_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Blocks of a Hugging Face causal LM: embed, each layer, final norm, LM head.
+
+    Two layouts: GPT-2 (``transformer.wte/wpe/drop/h/ln_f`` + ``lm_head``) and Llama-style
+    (``model.embed_tokens/layers/norm/rotary_emb`` + ``lm_head``). A model whose base forward
+    does more than this (e.g. Gemma's embedding scale) would not compose to the same output;
+    the block tests compare the composition with the whole model."""
+    transformer = getattr(model, "transformer", None)
+    base = getattr(model, "model", None)
+    head = getattr(model, "lm_head", None)
+    if head is not None and _has(transformer, "wte", "wpe", "drop", "h", "ln_f"):
+        layers = [(f"h.{i}", GPT2Layer(block, transformer.config)) for i, block in enumerate(transformer.h)]
+        return [("embed", GPT2Embed(transformer)), *layers, ("ln_f", transformer.ln_f), ("lm_head", head)]
+    if head is not None and _has(base, "embed_tokens", "layers", "norm", "rotary_emb"):
+        config = base.config
+        layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+        layers = [(f"layers.{i}", DecoderLayer(layer, base.rotary_emb, config, layer_types[i]))
+                  for i, layer in enumerate(base.layers[:config.num_hidden_layers])]
+        return [("embed", base.embed_tokens), *layers, ("norm", base.norm), ("lm_head", head)]
+    raise TypeError(
+        f"no block layout for {type(model).__name__}: expected a causal LM with lm_head and either "
+        "transformer.wte/wpe/drop/h/ln_f (GPT-2) or model.embed_tokens/layers/norm/rotary_emb (Llama, Qwen2, ...)")

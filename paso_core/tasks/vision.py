@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DEFAULT_DATASET, DEFAULT_MODEL, RunConfig
-from .base import Batch, generator_for, seeded_rng, shard_tensors, step_seed
+from .base import Batch, InputTargetTask, generator_for, seeded_rng, step_seed
 from .vision_data import VisionData, load_vision_data
-from .vision_models import build_vision_model, count_parameters
+from .vision_models import build_vision_model, count_parameters, vision_blocks
 
 PERMUTATION_STREAM = 3
 AUGMENT_STREAM = 4
@@ -61,34 +61,29 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator
     return torch.take(padded, planes + rows[:, None, :, None] * wp + cols[:, None, None, :])
 
 
-def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """num / den, 0 where den == 0 (sklearn's zero_division=0)."""
-    return torch.where(den > 0, num / den.clamp(min=1), torch.zeros_like(num))
-
-
 def classification_metrics(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> dict[str, float]:
-    """Accuracy and macro precision/recall/F1 with sklearn's conventions (zero_division=0).
+    """Accuracy and macro precision/recall/F1, computed by scikit-learn (zero_division=0).
 
-    Like ``sklearn.metrics.precision_recall_fscore_support(average='macro')``, the macro
-    mean runs over the classes present in the targets or the predictions.
+    The macro mean runs over the classes present in the targets or the predictions
+    (sklearn's ``labels=None``), so ``num_classes`` only bounds the labels.
     """
-    pred, target = pred.long().cpu(), target.long().cpu()
-    confusion = torch.bincount(target * num_classes + pred, minlength=num_classes**2)
-    confusion = confusion.view(num_classes, num_classes).double()  # rows: true, cols: predicted
-    tp = confusion.diag()
-    predicted, actual = confusion.sum(0), confusion.sum(1)
-    precision, recall = _safe_div(tp, predicted), _safe_div(tp, actual)
-    f1 = _safe_div(2 * tp, predicted + actual)  # = 2PR/(P+R), and 0 where undefined
-    present = (predicted + actual) > 0
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    y_true, y_pred = target.long().cpu().numpy(), pred.long().cpu().numpy()
+    top = max(int(y_true.max(initial=0)), int(y_pred.max(initial=0)))
+    if top >= num_classes:
+        raise ValueError(f"label {top} is outside the {num_classes} classes")
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, average="macro", zero_division=0)
     return {
-        "test_accuracy": float(tp.sum() / max(1, target.numel())),
-        "test_precision": float(precision[present].mean()),
-        "test_recall": float(recall[present].mean()),
-        "test_f1": float(f1[present].mean()),
+        "test_accuracy": float(accuracy_score(y_true, y_pred)),
+        "test_precision": float(precision),
+        "test_recall": float(recall),
+        "test_f1": float(f1),
     }
 
 
-class VisionTask:
+class VisionTask(InputTargetTask):
     """Classify digits (8x8, offline) or CIFAR-10 (32x32) with a cnn, vit or resnet18."""
 
     name = "vision"
@@ -153,15 +148,20 @@ class VisionTask:
             x = random_crop_flip(x, self.pad, self.flip, gen)
         return self.data.normalize(x), self.data.train_y[idx]
 
-    def shard(self, batch: Batch, rank: int, world: int) -> Batch:
-        return shard_tensors(batch, rank, world)
-
-    # ------------------------------------------------------------------ loss / eval
+    # ------------------------------------------------------------------ loss / blocks
     def loss(self, model: nn.Module, batch: Batch, step: int) -> torch.Tensor:
-        x, y = batch
         with seeded_rng(self.cfg.seed, step, self.device):
-            logits = model(x)
-        return F.cross_entropy(logits, y)
+            logits = model(self.inputs(batch))
+        return self.loss_on(logits, self.targets(batch))
+
+    def model_blocks(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """cnn: conv stages + head; vit: embed, each encoder layer, norm + head;
+        resnet18: stem, layer1..4, pool + head."""
+        return vision_blocks(model)
+
+    def loss_on(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the logits."""
+        return F.cross_entropy(outputs, targets)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:

@@ -7,6 +7,9 @@ extra state updated by every *forward* pass, not a function of the parameters: w
 evaluating guessed iterates would each update them differently, so the fixed point (and
 the exactness check against serial training) would not exist. Dropout is harmless only
 because the task seeds it per step; it is off here to keep the models simple.
+
+:func:`vision_blocks` cuts each model into the ordered blocks pipeline stages run; the
+blocks hold the model's own modules, so composing them is the model's forward, op for op.
 """
 
 from __future__ import annotations
@@ -90,12 +93,49 @@ class SmallViT(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # B x N x dim
-        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
-        h = torch.cat([cls, tokens], dim=1) + self.pos_embed
+        h = vit_embed(self.patch_embed, self.cls_token, self.pos_embed, x)
         for block in self.blocks:
             h = block(h)
-        return self.head(self.norm(h[:, 0]))
+        return vit_classify(self.norm, self.head, h)
+
+
+def vit_embed(patch_embed: nn.Module, cls_token: torch.Tensor, pos_embed: torch.Tensor,
+              x: torch.Tensor) -> torch.Tensor:
+    """Patch tokens, class token prepended, positions added: B x (N+1) x dim."""
+    tokens = patch_embed(x).flatten(2).transpose(1, 2)  # B x N x dim
+    cls = cls_token.expand(tokens.shape[0], -1, -1)
+    return torch.cat([cls, tokens], dim=1) + pos_embed
+
+
+def vit_classify(norm: nn.Module, head: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """Logits from the class token of the (unnormalised) residual stream."""
+    return head(norm(h[:, 0]))
+
+
+class ViTEmbed(nn.Module):
+    """Block 0 of a SmallViT. It registers the ViT's own conv and class/position parameters
+    (the same objects, not copies), so the stage that runs it owns and trains them."""
+
+    def __init__(self, vit: SmallViT) -> None:
+        super().__init__()
+        self.patch_embed = vit.patch_embed
+        self.cls_token = vit.cls_token
+        self.pos_embed = vit.pos_embed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return vit_embed(self.patch_embed, self.cls_token, self.pos_embed, x)
+
+
+class ViTHead(nn.Module):
+    """Last block of a SmallViT: final norm and linear head on the class token."""
+
+    def __init__(self, vit: SmallViT) -> None:
+        super().__init__()
+        self.norm = vit.norm
+        self.head = vit.head
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return vit_classify(self.norm, self.head, h)
 
 
 def vit_patch_size(image_size: int) -> int:
@@ -146,6 +186,46 @@ def build_vision_model(name: str, in_channels: int, image_size: int, num_classes
     if name == "resnet18":
         return resnet18_groupnorm(in_channels, num_classes)
     raise ValueError(f"model={name!r} is not a vision model; choose one of: {', '.join(MODELS)}")
+
+
+# --------------------------------------------------------------------------- blocks
+def _cnn_blocks(model: SmallCNN) -> list[tuple[str, nn.Module]]:
+    """One block per conv stage (conv, ReLU, and its pool if any), then the MLP head."""
+    stages: list[list[nn.Module]] = []
+    for layer in model.features:
+        if isinstance(layer, nn.Conv2d):
+            stages.append([])
+        stages[-1].append(layer)
+    blocks = [(f"stage{i}", nn.Sequential(*layers)) for i, layers in enumerate(stages)]
+    return blocks + [("head", model.head)]
+
+
+def _vit_blocks(model: SmallViT) -> list[tuple[str, nn.Module]]:
+    """Patch embedding (with class token and positions), each encoder layer, norm + head."""
+    layers = [(f"blocks.{i}", block) for i, block in enumerate(model.blocks)]
+    return [("embed", ViTEmbed(model)), *layers, ("head", ViTHead(model))]
+
+
+def _resnet_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """torchvision ResNet's forward cut at its stages: stem, layer1..4, pool + flatten + fc."""
+    stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+    head = nn.Sequential(model.avgpool, nn.Flatten(1), model.fc)  # = torch.flatten(x, 1)
+    layers = [(name, getattr(model, name)) for name in ("layer1", "layer2", "layer3", "layer4")]
+    return [("stem", stem), *layers, ("head", head)]
+
+
+def vision_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The ordered blocks of one of our classifiers (see :meth:`VisionTask.model_blocks`)."""
+    import torchvision
+
+    if isinstance(model, SmallCNN):
+        return _cnn_blocks(model)
+    if isinstance(model, SmallViT):
+        return _vit_blocks(model)
+    if isinstance(model, torchvision.models.ResNet):
+        return _resnet_blocks(model)
+    raise TypeError(f"no block layout for vision model {type(model).__name__}; "
+                    "known: SmallCNN, SmallViT, torchvision ResNet")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,0 +1,57 @@
+"""Engine canary: each method's first step against serial ``torch.optim``, before any experiment.
+
+Usage: ``python benchmarks/engine_canary.py --out artifacts [--task vision --batch-size 32]``.
+Writes ``tables/engine_canary.{csv,md,json}``.
+
+Why: on some torch versions and backends an engine computes something other than what it
+claims (FSDP2 and pipelining on CPU/gloo before torch 2.10) and still trains; every figure
+made with it would be wrong. The canary runs one SGD step with lr 1 (so the weights move by
+exactly the first, averaged gradient) of every method the notebooks use and compares the
+displacement with serial training's (a window of ``P`` steps for PASO, whose smallest run
+is one window; OptEx with one worker, since with more its proxy steps differ by design).
+Cases of one world size share a launch (:func:`paso_core.equivalence.run_matrix`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from paso_core import report
+from paso_core.equivalence import CANARY_RTOL, canary_case, run_matrix
+
+#: method -> its own options in the canary
+METHOD_OPTIONS = {"serial": {}, "grad_accum": {"micro_batches": 2}, "optex": {"P": 1},
+                  "naive_dp": {"nproc": 2}, "ddp": {"nproc": 2}, "paso": {"P": 2}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None, help="artifacts directory (default: the checkout's)")
+    parser.add_argument("--task", default="vision", choices=("synthetic", "vision", "text"))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rtol", type=float, default=CANARY_RTOL)
+    args = parser.parse_args(argv)
+    shared = {"task": args.task, "batch_size": args.batch_size, "seed": 0}
+    cases = [canary_case(m, args.rtol, **shared, **opts) for m, opts in METHOD_OPTIONS.items()]
+    with tempfile.TemporaryDirectory() as tmp:
+        table = run_matrix(cases, tmp)
+    root = Path(args.out) / "tables" if args.out else None
+    notes = (f"One SGD step with lr 1 of each method (PASO: one window of P steps) against serial torch.optim "
+             f"computed in-process; `rel_displacement_err` = ||dx_engine - dx_serial|| / ||dx_serial||, must be "
+             f"<= rtol ({args.rtol:g}); PASO with threshold 0 must match bit for bit. "
+             f"{int(table['launch'].nunique())} launches for {len(table)} cases.")
+    report.save_table(table.drop(columns=["note", "path"]), "engine_canary", {"cases": [vars(c) for c in cases], **vars(args)},
+                      root=root, title="Engine canary: first step of every method vs serial", notes=notes)
+    print(table.drop(columns=["note", "path"]).to_string(index=False))
+    failed = table[~table["passed"]]
+    if not failed.empty:
+        print(f"canary FAILED for: {', '.join(failed['case'])}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
