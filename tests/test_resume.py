@@ -14,6 +14,8 @@ CASES = {
     "optex": dict(method="optex", P=3, task="synthetic", function="rosenbrock", dim=200, steps=30, lr=1e-3,
                   grad_clip=100.0),
     "ddp": dict(method="ddp", nproc=2, task="synthetic", function="rosenbrock", dim=100, steps=12, lr=1e-3),
+    "naive_dp": dict(method="naive_dp", nproc=2, task="vision", steps=8, batch_size=32, lr=0.01),
+    "grad_accum": dict(method="grad_accum", micro_batches=2, task="vision", steps=8, batch_size=32, lr=0.01),
 }
 COMPARED = ["train_loss", "iteration"]
 
