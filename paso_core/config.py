@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .tasks.families import BUILT_MODELS as BUILT_TEXT_MODELS
 from .options import (ConfigError, check_bool, check_choice, check_int, check_number,
                       check_path_or_none, option)
 
@@ -22,9 +23,10 @@ TASKS = ("synthetic", "vision", "text")
 FUNCTIONS = ("sphere", "ackley", "rosenbrock")
 VISION_DATASETS = ("digits", "cifar10")
 VISION_MODELS = ("cnn", "vit", "resnet18")
-TEXT_DATASETS = ("pydoc", "wikitext2")
-TEXT_MODELS = ("gpt2-tiny", "gpt2-small", "gpt2", "local", "modelscope")
-PRETRAINED_MODELS = ("local", "modelscope")  # the others are GPT-2 shapes built from a config
+TEXT_DATASETS = ("pydoc", "wikitext2", "parquet")
+PRETRAINED_MODELS = ("local", "modelscope")  # the others are built from a config (tasks/families.py)
+#: GPT-2, Llama and Qwen3-Next sizes built from a config (random init), then the pretrained kinds.
+TEXT_MODELS = (*BUILT_TEXT_MODELS, *PRETRAINED_MODELS)
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 MODEL_DTYPES = ("float32", "bfloat16", "float16", "auto")  # 'auto': a pretrained checkpoint's own
 DEFAULT_CONTEXT = 1024  # GPT-2's
@@ -37,7 +39,7 @@ DEFAULT_DATASET = {"vision": "digits", "text": "pydoc"}
 DEFAULT_MODEL = {"vision": "cnn", "text": "gpt2-tiny"}
 DATASETS_BY_TASK = {"vision": VISION_DATASETS, "text": TEXT_DATASETS}
 MODELS_BY_TASK = {"vision": VISION_MODELS, "text": TEXT_MODELS}
-ON_DISK_DATASETS = ("cifar10", "wikitext2")  # read from data_root (or downloaded); the others are bundled
+ON_DISK_DATASETS = ("cifar10", "wikitext2", "parquet")  # read from data_root (or downloaded); the others are bundled
 FAULT_KINDS = ("raise", "exit", "hang")
 #: Options that were once passed inside ``extra={...}``; :meth:`RunConfig.from_dict` still
 #: accepts that form (old config.json files, old calls) and maps it onto the fields.
@@ -59,8 +61,12 @@ class RunConfig:
     # vision / text data
     dataset: str | None = option(None, "dataset (default: digits for vision, pydoc for text)",
                                  VISION_DATASETS + TEXT_DATASETS)
-    data_root: str | None = option(None, "directory holding an on-disk dataset (cifar10, wikitext2)")
+    data_root: str | None = option(None, "directory holding an on-disk dataset (cifar10, wikitext2, parquet)")
     download: bool = option(False, "allow downloading a missing dataset or model (needs a network)")
+    text_column: str = option("text", "column holding the text (dataset=parquet)")
+    loader_workers: int = option(0, "DataLoader workers tokenising upcoming steps ahead (dataset=parquet; "
+                                    "0: in the training process)")
+    eval_rows: int = option(1000, "first rows of validation and of test that evaluation scores (dataset=parquet)")
     model: str | None = option(None, "model (default: cnn for vision, gpt2-tiny for text)", VISION_MODELS + TEXT_MODELS)
     augment: bool = option(True, "random crop (+ flip on CIFAR-10) of training images")
     eval_batch_size: int = option(512, "examples per evaluation forward")
@@ -76,6 +82,9 @@ class RunConfig:
     keep_dropout: bool = option(False, "keep a pretrained model's dropout (zeroed by default)")
     attn_implementation: str = option("sdpa", "attention kernel of Hugging Face models", ATTN_IMPLEMENTATIONS)
     dtype: str = option("float32", "parameter dtype ('auto': a pretrained checkpoint's own)", MODEL_DTYPES)
+    lora: str | dict[str, Any] | None = option(
+        None, "LoRA adapters via peft, task=text: 'r=8,alpha=16,targets=attention' (targets: attention, "
+              "full_attention, mlp, all-linear, or suffixes like q_proj+v_proj; optional dropout=0)")
     # optimisation
     optimizer: str = option("adam", "optimizer (torch.optim)", OPTIMIZERS)
     lr: float = option(1e-3, "peak learning rate")
@@ -285,10 +294,36 @@ def _check_task(cfg: RunConfig) -> None:
                               f"{' or '.join(map(repr, PRETRAINED_MODELS))}; for model={cfg.model!r} "
                               f"choose one of: {', '.join(d for d in MODEL_DTYPES if d != 'auto')}")
         _check_context(cfg)
+    _check_lora(cfg)
+    if cfg.task == "text" and cfg.dataset == "parquet":
+        _check_parquet_options(cfg)
     if cfg.task != "synthetic" and not cfg.download:
-        problem = dataset_problem(str(cfg.dataset), cfg.data_root)
+        problem = dataset_problem(str(cfg.dataset), cfg.data_root, cfg.text_column)
         if problem is not None:
             raise ConfigError(problem)
+
+
+def _check_parquet_options(cfg: RunConfig) -> None:
+    if not isinstance(cfg.text_column, str) or not cfg.text_column:
+        raise ConfigError(f"text_column={cfg.text_column!r} is not valid; give the name of the parquet column "
+                          "holding the text (default 'text')")
+    check_int("loader_workers", cfg.loader_workers, 0)
+    check_int("eval_rows", cfg.eval_rows)
+
+
+def _check_lora(cfg: RunConfig) -> None:
+    """A malformed ``lora`` spec, or targets matching no module of the chosen model (built
+    on the meta device), fail here; adapters exist for the text models only."""
+    if cfg.lora is None:
+        return
+    from .tasks import lora
+
+    spec = lora.parse_lora(cfg.lora)
+    if cfg.task != "text":
+        raise ConfigError(f"lora={cfg.lora!r} needs task='text' (got task={cfg.task!r}): adapters are injected "
+                          "into the Linear/Conv1D layers of the Hugging Face text models; use lora=None")
+    if cfg.model != "modelscope":  # not on disk yet: the worker checks it after the download
+        lora.check_lora_targets(cfg, spec)
 
 
 def _check_optimizer(cfg: RunConfig) -> None:
@@ -339,7 +374,7 @@ def check_window(cfg: RunConfig, P: int) -> None:
         raise ConfigError(f"P={P} is larger than steps={cfg.steps}; use P <= steps")
 
 
-def dataset_problem(dataset: str, data_root: str | None) -> str | None:
+def dataset_problem(dataset: str, data_root: str | None, text_column: str = "text") -> str | None:
     """Why ``dataset`` cannot be read from ``data_root`` without a download, naming the
     missing files and the fix; None when its files are all there (or it needs none).
 
@@ -349,6 +384,10 @@ def dataset_problem(dataset: str, data_root: str | None) -> str | None:
 
     if dataset not in ON_DISK_DATASETS:
         return None  # bundled with a dependency (digits, pydoc)
+    if dataset == "parquet":  # reads parquet footers (schema, row counts), never data
+        from .tasks.parquet_data import layout_problem
+
+        return layout_problem(data_root, text_column)
     if not data_root:
         return (f"dataset={dataset!r} needs data_root=<directory holding it> "
                 "(or download=True on a machine with a network)")

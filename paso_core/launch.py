@@ -427,3 +427,16 @@ def launch_all(cfgs: Sequence[RunConfig]) -> list[RunResult]:
         jsonl_to_csv(run_dir)
         raise _failure_report(run_dir, proc.returncode)
     return [load_run(d) for d in run_dirs]
+
+
+def launch_grouped(cfgs: Sequence[RunConfig]) -> list[RunResult]:
+    """Run configs of any world sizes: those agreeing on :data:`PROCESS_OPTIONS` share one
+    :func:`launch_all`, in order of first appearance; results come back in the input order."""
+    cfgs = [validate(c) for c in cfgs]  # resolved, so nproc etc. are what the launch will use
+    groups: dict[tuple, list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        groups.setdefault(tuple(getattr(cfg, k) for k in PROCESS_OPTIONS), []).append(i)
+    results: dict[int, RunResult] = {}
+    for indices in groups.values():
+        results.update(zip(indices, launch_all([cfgs[i] for i in indices])))
+    return [results[i] for i in range(len(cfgs))]

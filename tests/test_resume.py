@@ -1,11 +1,15 @@
-"""An interrupted run resumed from its checkpoint ends exactly like an uninterrupted one."""
+"""An interrupted run resumed from its checkpoint ends exactly like an uninterrupted one.
+
+All cases run in two rounds (uninterrupted + interrupted, then resumed), runs of one world
+size sharing a launch, so the check costs 6 launches instead of 18."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import paso_core
+from paso_core.config import RunConfig
+from paso_core.launch import launch_grouped
 
 CASES = {
     "paso": dict(method="paso", P=3, threshold=1e-3, ema_decay=0.9, task="synthetic", function="ackley",
@@ -20,14 +24,26 @@ CASES = {
 COMPARED = ["train_loss", "iteration"]
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """name -> (uninterrupted, stopped, resumed) results."""
+    root = tmp_path_factory.mktemp("resume")
+
+    def config(name: str, folder: str, **extra) -> RunConfig:
+        return RunConfig.from_dict(dict(CASES[name], optimizer="adam", seed=5, progress=False,
+                                        out_dir=str(root / name / folder), **extra))
+
+    first = launch_grouped([cfg for name in CASES for cfg in (
+        config(name, "full"), config(name, "resumed", checkpoint_every=2, stop_after=5))])
+    resumed = launch_grouped([config(name, "resumed", resume=True, checkpoint_every=2) for name in CASES])
+    return {name: (first[2 * i], first[2 * i + 1], resumed[i]) for i, name in enumerate(CASES)}
+
+
 @pytest.mark.parametrize("name", list(CASES))
-def test_resume_matches_uninterrupted(name: str, tmp_path) -> None:
-    options = dict(CASES[name], optimizer="adam", seed=5, progress=False)
-    full = paso_core.run(out_dir=str(tmp_path / "full"), **options)
-    part = paso_core.run(out_dir=str(tmp_path / "resumed"), checkpoint_every=2, stop_after=5, **options)
+def test_resume_matches_uninterrupted(name: str, runs: dict) -> None:
+    full, part, resumed = runs[name]
     assert part.summary["status"] == "stopped"
     assert len(part.metrics) < len(full.metrics)
-    resumed = paso_core.run(out_dir=str(tmp_path / "resumed"), resume=True, checkpoint_every=2, **options)
     assert resumed.summary["status"] == "completed"
     for key in ("steps", "iterations", "grad_evals", "final_train_loss"):
         assert resumed.summary[key] == full.summary[key], key

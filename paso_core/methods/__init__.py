@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from ..tasks.base import Task
 
 #: The methods shipped with the package, imported on first lookup (each registers itself).
-BUILTIN = ("serial", "paso", "optex", "naive_dp", "ddp", "grad_accum")
+BUILTIN = ("serial", "paso", "optex", "naive_dp", "ddp", "grad_accum", "fsdp", "fsdp2", "tp", "fsdp2_tp", "pp",
+           "model_parallel")
 
 
 @dataclass(frozen=True)

@@ -179,14 +179,43 @@ def final_report(ctx: WorkerContext, task: Task, model: nn.Module, steps: int, i
         "n_params": sum(p.numel() for p in model.parameters()),
     }
     if ctx.is_main and state is not None:
-        if ctx.dims.pp > 1 or ctx.dims.dp_shard > 1 or ctx.dims.tp > 1:
-            model = task.build_model()
-            model.load_state_dict(state)
-            summary["n_params"] = sum(p.numel() for p in model.parameters())
+        model = full_model_on_main(ctx, task, model, state)
+        summary["n_params"] = sum(p.numel() for p in model.parameters())
         metrics = task.evaluate(model)
         summary.update({f"final_{k}": v for k, v in metrics.items()})
         torch.save(state, ctx.run_dir / "final.pt")
     return summary
+
+
+def holds_part_of_model(ctx: WorkerContext) -> bool:
+    """True when a rank's model is a stage or a shard, so a full model must be rebuilt to evaluate."""
+    return ctx.dims.pp > 1 or ctx.dims.dp_shard > 1 or ctx.dims.tp > 1
+
+
+def full_model_on_main(ctx: WorkerContext, task: Task, model: nn.Module, state: dict[str, torch.Tensor]
+                       ) -> nn.Module:
+    """The model itself when it is whole on this rank, else a fresh one loaded with ``state``."""
+    if not holds_part_of_model(ctx):
+        return model
+    whole = task.build_model()
+    whole.load_state_dict(state)
+    return whole
+
+
+def evaluate_collectively(ctx: WorkerContext, task: Task, model: nn.Module, *, steps_done: int,
+                          iteration: int, grad_evals: int) -> None:
+    """A mid-run evaluation row that works whether the model is whole, sharded or staged.
+
+    Collective when ranks hold parts (every rank must call it): the full state is gathered
+    and the logging rank evaluates a rebuilt model; otherwise only the logging rank works."""
+    if holds_part_of_model(ctx):
+        state = gather_full_state(ctx, model)
+        if not ctx.is_main or state is None:
+            return
+        model = full_model_on_main(ctx, task, model, state)
+    elif not ctx.is_main:
+        return
+    ctx.record_eval(eval_columns(task, model), steps_done=steps_done, iteration=iteration, grad_evals=grad_evals)
 
 
 def eval_columns(task: Task, model: nn.Module) -> dict[str, float]:

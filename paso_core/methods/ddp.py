@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..context import WorkerContext
-from ..distributed import Comm
 from ..tasks.base import Task
 from . import MethodSpec, register
-from .data_parallel import DataParallelOptions, replica_dims, train_data_parallel
+from .data_parallel import DataParallelOptions, Wrapped, replica_dims, train_data_parallel
 
 
-def wrap_ddp(ctx: WorkerContext, replicas: Comm, model: nn.Module) -> tuple[nn.Module, Callable[[], None]]:
+def wrap_ddp(ctx: WorkerContext, model: nn.Module) -> Wrapped:
+    replicas = ctx.group("dp_replicate")
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     ddp_model = DistributedDataParallel(model, device_ids=device_ids, process_group=replicas.group)
     grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
@@ -23,7 +23,7 @@ def wrap_ddp(ctx: WorkerContext, replicas: Comm, model: nn.Module) -> tuple[nn.M
         # DDP's all-reduce runs inside backward, outside Comm: counted by the ring formula.
         replicas.add_modelled(int(2 * (replicas.world - 1) / replicas.world * grad_bytes))
 
-    return ddp_model, account
+    return Wrapped(ddp_model, sync=account)
 
 
 def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:

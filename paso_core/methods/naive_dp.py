@@ -7,18 +7,18 @@ no overlap of communication with backward: this is the baseline DDP improves on.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
 from ..context import WorkerContext
-from ..distributed import Comm
 from ..tasks.base import Task
 from . import MethodSpec, register
-from .data_parallel import DataParallelOptions, replica_dims, train_data_parallel
+from .data_parallel import DataParallelOptions, Wrapped, replica_dims, train_data_parallel
 
 
-def wrap_naive(ctx: WorkerContext, replicas: Comm, model: nn.Module) -> tuple[nn.Module, Callable[[], None]]:
+def wrap_naive(ctx: WorkerContext, model: nn.Module) -> Wrapped:
+    replicas = ctx.group("dp_replicate")
     first = ctx.dims.rank_at(dp_replicate=0)
     for tensor in list(model.parameters()) + list(model.buffers()):
         replicas.broadcast_(tensor.data, src=first)
@@ -28,7 +28,7 @@ def wrap_naive(ctx: WorkerContext, replicas: Comm, model: nn.Module) -> tuple[nn
             if p.grad is not None:
                 replicas.all_reduce_(p.grad).div_(replicas.world)
 
-    return model, sync
+    return Wrapped(model, sync=sync)
 
 
 def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:

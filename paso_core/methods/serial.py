@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..context import WorkerContext
+from ..memory import state_columns
 from ..optim.updates import OptimSpec, lr_at, make_torch_optimizer, set_lr
 from ..options import MethodOptions
 from ..parallel import ParallelDims
@@ -56,11 +57,13 @@ def one_step(ctx: WorkerContext, task: Task, model: torch.nn.Module, optimizer: 
     set_lr(optimizer, lr)
     optimizer.step()
     stats, _ = ctx.gather_iteration(time_compute)
-    row: dict[str, Any] = {"train_loss": loss, "lr": lr}
+    seconds = time.perf_counter() - tic
+    row: dict[str, Any] = {"train_loss": loss, "lr": lr, "tokens_per_s": task.items_per_step() / seconds,
+                           **state_columns(model, optimizer, ctx.device)}
     if grad_norm is not None:
         row["grad_norm"] = grad_norm
     done = step + 1
-    ctx.record_train(row, stats, time.perf_counter() - tic, steps_done=done, iteration=done, grad_evals=done,
+    ctx.record_train(row, stats, seconds, steps_done=done, iteration=done, grad_evals=done,
                      last=done == ctx.cfg.steps)
     if done % ctx.cfg.log_every == 0 or done == ctx.cfg.steps:
         ctx.progress(done, ctx.cfg.steps, loss=loss)

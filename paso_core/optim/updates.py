@@ -72,7 +72,12 @@ def lr_at(spec: OptimSpec, step: int) -> float:
 
 
 def make_torch_optimizer(spec: OptimSpec, params) -> torch.optim.Optimizer:
-    """The ``torch.optim`` optimizer equivalent to ``spec`` (single-tensor path, for exactness)."""
+    """The ``torch.optim`` optimizer equivalent to ``spec`` (single-tensor path, for exactness).
+
+    Frozen ``nn.Parameter``s (``requires_grad=False``: the base model under LoRA) are left
+    out, so they get no optimizer state and are never decayed; plain tensors (the flat views
+    :class:`TorchStep` steps) are taken as given."""
+    params = [p for p in params if not isinstance(p, torch.nn.Parameter) or p.requires_grad]
     if spec.name == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, weight_decay=spec.weight_decay, foreach=False)
     if spec.name == "momentum":

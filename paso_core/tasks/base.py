@@ -63,6 +63,12 @@ class Task(Protocol):
         Named by the data-parallel coordinate, not the global rank: with pipeline stages
         several ranks hold the same shard."""
 
+    def train_shard(self, step: int, dp_rank: int, dp_size: int) -> Batch:
+        """Coordinate ``dp_rank``'s share of step ``step``'s global batch.
+
+        Equal to ``shard(train_batch(step), dp_rank, dp_size)``; a streaming task overrides it
+        to read only its own rows, never the whole global batch."""
+
     def microbatches(self, batch: Batch, n: int) -> list[Batch]:
         """``batch`` split into ``n`` equal micro-batches along dim 0 (in order), for pipeline schedules."""
 
@@ -144,6 +150,9 @@ class InputTargetTask:
 
     def shard(self, batch: Batch, dp_rank: int, dp_size: int) -> Batch:
         return shard_tensors(batch, dp_rank, dp_size)
+
+    def train_shard(self, step: int, dp_rank: int, dp_size: int) -> Batch:
+        return self.shard(self.train_batch(step), dp_rank, dp_size)  # type: ignore[attr-defined]
 
     def microbatches(self, batch: Batch, n: int) -> list[Batch]:
         return microbatch_tensors(batch, n)

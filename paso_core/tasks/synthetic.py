@@ -74,6 +74,9 @@ class SyntheticTask:
     def shard(self, batch: Batch, dp_rank: int, dp_size: int) -> Batch:
         return None
 
+    def train_shard(self, step: int, dp_rank: int, dp_size: int) -> Batch:
+        return None
+
     def microbatches(self, batch: Batch, n: int) -> list[Batch]:
         return microbatch_tensors(batch, n)
 

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RunConfig
+from . import families, lora
+from . import parquet_data as pqd
 from . import text_data as td
 from . import text_models as tm
 from .base import Batch, InputTargetTask, generator_for, seeded_rng, step_seed
@@ -42,7 +44,11 @@ class TextTask(InputTargetTask):
             self._config = tm.lm_config(cfg, vocab_size=0, model_dir=self.model_dir)
         else:
             tm.check_block_size(cfg.block_size, tm.built_context(cfg), str(cfg.model))
-        self.corpus = td.load_corpus(str(cfg.dataset), cfg.data_root, cfg.download)
+        # dataset=parquet streams training rows; only bounded samples are held (parquet_data.py)
+        self.parquet = (pqd.ParquetSource(str(cfg.data_root), cfg.text_column, cfg.eval_rows)
+                        if cfg.dataset == "parquet" else None)
+        self.corpus = (self.parquet.bounded_corpus() if self.parquet is not None
+                       else td.load_corpus(str(cfg.dataset), cfg.data_root, cfg.download))
         self.tokenizer, self.tokenizer_info = self._tokenizer()
         self.eos_id = td.require_eos(self.tokenizer, self.tokenizer_info["source"])
         self.vocab_size = len(self.tokenizer)
@@ -51,6 +57,12 @@ class TextTask(InputTargetTask):
         if self.model_dir is None:
             self._config = tm.lm_config(cfg, self.vocab_size, None, self.eos_id)
         self._check_token_ids()
+        self.stream: pqd.StepPrefetcher | None = None
+        if self.parquet is not None:
+            samples = self.parquet.train_samples(self.tokenizer, self.eos_id, cfg.block_size, cfg.batch_size, cfg.seed)
+            self.stream = pqd.StepPrefetcher(samples, cfg.loader_workers, cfg.steps)
+        self.lora = lora.parse_lora(cfg.lora)
+        self._lora_summary: dict[str, Any] | None = None
         self._n_params: int | None = None
         self._perm_cache: tuple[int, torch.Tensor] | None = None
 
@@ -62,7 +74,9 @@ class TextTask(InputTargetTask):
             return tok, {"kind": f"pretrained ({type(tok).__name__})", "source": self.model_dir}
         vocab = self.cfg.vocab_size
         tok, path = td.cached_bpe_tokenizer(self.corpus["train"], vocab)
-        return tok, {"kind": "byte-level BPE trained on the train split", "source": str(path),
+        trained_on = (f"the first {len(self.corpus['train'])} train rows" if self.parquet is not None
+                      else "the train split")
+        return tok, {"kind": f"byte-level BPE trained on {trained_on}", "source": str(path),
                      "requested_vocab_size": vocab}
 
     def _blocks(self, split: str) -> torch.Tensor:
@@ -84,15 +98,22 @@ class TextTask(InputTargetTask):
 
     # ------------------------------------------------------------------ Task protocol
     def build_model(self) -> nn.Module:
-        """The same initial model on every rank: random init under a fixed seed, or loaded weights."""
+        """The same initial model on every rank: random init under a fixed seed, or loaded weights;
+        with ``lora``, LoRA adapters (drawn under the same seed) and every other parameter frozen,
+        so every method trains only the adapters."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(step_seed(self.cfg.seed, -1, stream=2))
             model = tm.build_lm(self.cfg, self.vocab_size, self.model_dir, self.eos_id, self._config)
+            if self.lora is not None:
+                model = lora.apply_lora(model, self.lora)
+                self._lora_summary = lora.lora_summary(model, self.lora)
         self._n_params = sum(p.numel() for p in model.parameters())
         return model.to(self.device)
 
     def batches_per_epoch(self) -> int:
         """Full batches in one pass over the train blocks (the partial last batch is skipped)."""
+        if self.stream is not None:
+            return self.stream.samples.batches_per_epoch()
         n_blocks, bs = self.blocks["train"].shape[0], self.cfg.batch_size
         if bs > n_blocks:
             raise ValueError(
@@ -109,6 +130,8 @@ class TextTask(InputTargetTask):
 
     def train_batch(self, step: int) -> Batch:
         """``(inputs, targets)`` of step ``step``: slice ``step % E`` of epoch ``step // E``'s permutation."""
+        if self.stream is not None:
+            return self.train_shard(step, 0, 1)
         if step < 0:
             raise ValueError(f"step={step} must be >= 0")
         per_epoch = self.batches_per_epoch()
@@ -117,6 +140,13 @@ class TextTask(InputTargetTask):
         rows = self._epoch_permutation(epoch)[index * bs:(index + 1) * bs]
         block = self.blocks["train"][rows]
         return block[:, :-1].to(self.device), block[:, 1:].to(self.device)
+
+    def train_shard(self, step: int, dp_rank: int, dp_size: int) -> Batch:
+        """Coordinate ``dp_rank``'s share of step ``step``; dataset=parquet reads only its own rows."""
+        if self.stream is None:
+            return super().train_shard(step, dp_rank, dp_size)
+        inputs, targets = self.stream.shard(step, dp_rank, dp_size)
+        return inputs.to(self.device), targets.to(self.device)
 
     def loss(self, model: nn.Module, batch: Batch, step: int) -> torch.Tensor:
         """Mean next-token cross-entropy over every target of the batch."""
@@ -170,10 +200,15 @@ class TextTask(InputTargetTask):
             "predicted_tokens": {s: int(self.blocks[s].shape[0]) * self.cfg.block_size for s in td.SPLITS},
             "model": self.cfg.model,
             "model_dir": self.model_dir,
+            "architecture": families.model_shape(self.cfg) or families.shape_from_config(self._config.to_dict()),
             "parameters": self.parameter_count(),
+            "lora": self._lora_summary or (self.lora.describe() if self.lora else None),
             "context": tm.context_length(self._config),
             "attn_implementation": self.cfg.attn_implementation,
-            "batches_per_epoch": int(self.blocks["train"].shape[0]) // self.cfg.batch_size,
+            "batches_per_epoch": (self.batches_per_epoch() if self.stream is not None
+                                  else int(self.blocks["train"].shape[0]) // self.cfg.batch_size),
+            # dataset=parquet: documents/blocks/tokens above are the bounded samples (tokenizer, evaluation)
+            "parquet": self.parquet.describe() if self.parquet is not None else None,
         }
 
     # ------------------------------------------------------------------ helpers
@@ -184,6 +219,8 @@ class TextTask(InputTargetTask):
         return self._n_params
 
     def _source(self) -> str:
+        if self.parquet is not None:
+            return f"parquet shards under {self.cfg.data_root} (column {self.cfg.text_column!r}), streamed"
         if self.cfg.dataset == "pydoc":
             return (f"Python {platform.python_version()} documentation topics (pydoc_data.topics, "
                     "standard library), split by topic ~90/5/5 -- an OFFLINE STAND-IN, NOT WikiText-2; "

@@ -1,7 +1,8 @@
-"""Causal language models for the text task: GPT-2 family from a config, or pretrained.
+"""Causal language models for the text task: GPT-2, Llama or Qwen3-Next from a config, or pretrained.
 
-Built models (``gpt2-tiny``, ``gpt2-small``, ``gpt2``) start from random weights and need
-no download. ``local`` loads a Hugging Face model directory; ``modelscope`` first
+Built models (the sizes of :mod:`.families`: ``gpt2-tiny``, ``gpt2-small``, ``gpt2``,
+``llama-tiny``, ``llama-small``, ``llama-1b``, ``qwen3next-tiny``, ``qwen3next-small``,
+``qwen3next-2b``) start from random weights and need no download. ``local`` loads a Hugging Face model directory; ``modelscope`` first
 downloads one with ModelScope (optional dependency, needs a network).
 
 Dropout is set to 0.0 in every config we build and in loaded configs. Why: dropout
@@ -32,11 +33,9 @@ from ..config import DEFAULT_CONTEXT, MODEL_DTYPES, PRETRAINED_MODELS, RunConfig
 from .layouts import check_block_size, context_from
 from .text_data import _file_lock, cache_root
 
-GPT2_SIZES: dict[str, dict[str, int]] = {
-    "gpt2-tiny": {"n_layer": 2, "n_embd": 128, "n_head": 4},
-    "gpt2-small": {"n_layer": 4, "n_embd": 256, "n_head": 4},
-    "gpt2": {"n_layer": 12, "n_embd": 768, "n_head": 12},  # the real 124M GPT-2 shape
-}
+from .families import (BUILT_MODELS, GPT2_SIZES, LLAMA_COMMON, LLAMA_SIZES, QWEN3NEXT_COMMON,
+                       QWEN3NEXT_SIZES, family_of)
+
 DTYPES = {name: getattr(torch, name) for name in MODEL_DTYPES if name != "auto"}
 
 
@@ -58,8 +57,8 @@ def resolve_model_dir(cfg: RunConfig) -> str | None:
     if cfg.model == "modelscope":
         cache_dir = Path(cfg.modelscope_cache or cache_root() / "modelscope")
         return download_modelscope(cfg.modelscope_id, cache_dir)
-    if cfg.model not in GPT2_SIZES:
-        valid = ", ".join(list(GPT2_SIZES) + list(PRETRAINED_MODELS))
+    if cfg.model not in BUILT_MODELS:
+        valid = ", ".join(BUILT_MODELS + PRETRAINED_MODELS)
         raise ValueError(f"model={cfg.model!r} is not a text model; choose one of: {valid}")
     return None
 
@@ -90,7 +89,7 @@ def context_length(config: Any) -> int | None:
 
 
 def built_context(cfg: RunConfig) -> int:
-    """Context of the GPT-2 models we build: ``cfg.n_positions`` (default 1024, GPT-2's)."""
+    """Context of the models we build: ``cfg.n_positions`` (default 1024, GPT-2's)."""
     return cfg.n_positions
 
 
@@ -119,11 +118,42 @@ def gpt2_config(size: str, vocab_size: int, n_positions: int = DEFAULT_CONTEXT,
     )
 
 
+def llama_config(size: str, vocab_size: int, n_positions: int = DEFAULT_CONTEXT,
+                 eos_id: int | None = None) -> Any:
+    """A Llama config of the named size (grouped-query attention, tied LM head), without dropout."""
+    from transformers import LlamaConfig
+
+    if size not in LLAMA_SIZES:
+        raise ValueError(f"model={size!r} is not a Llama size; choose one of: {', '.join(LLAMA_SIZES)}")
+    return LlamaConfig(vocab_size=vocab_size, max_position_embeddings=n_positions,
+                       **{**LLAMA_COMMON, **LLAMA_SIZES[size]}, bos_token_id=eos_id, eos_token_id=eos_id)
+
+
+def qwen3next_config(size: str, vocab_size: int, n_positions: int = DEFAULT_CONTEXT,
+                     eos_id: int | None = None) -> Any:
+    """A Qwen3-Next hybrid config of the named size, without dropout and without the router's
+    auxiliary loss in the outputs (``output_router_logits=False``: the task's loss is cross-entropy only)."""
+    from transformers import Qwen3NextConfig
+
+    if size not in QWEN3NEXT_SIZES:
+        raise ValueError(f"model={size!r} is not a Qwen3-Next size; choose one of: {', '.join(QWEN3NEXT_SIZES)}")
+    return Qwen3NextConfig(vocab_size=vocab_size, max_position_embeddings=n_positions,
+                           **{**QWEN3NEXT_COMMON, **QWEN3NEXT_SIZES[size]}, bos_token_id=eos_id, eos_token_id=eos_id)
+
+
+BUILDERS = {"gpt2": gpt2_config, "llama": llama_config, "qwen3next": qwen3next_config}
+
+
+def built_config(model: str, vocab_size: int, n_positions: int = DEFAULT_CONTEXT, eos_id: int | None = None) -> Any:
+    """The transformers config of a built model (any family of :mod:`.families`)."""
+    return BUILDERS[family_of(model)](model, vocab_size, n_positions, eos_id)
+
+
 def lm_config(cfg: RunConfig, vocab_size: int, model_dir: str | None = None,
               eos_id: int | None = None) -> Any:
     """The model config (built or loaded), dropout zeroed, block size checked against it."""
     if model_dir is None:
-        config = gpt2_config(str(cfg.model), vocab_size, built_context(cfg), eos_id)
+        config = built_config(str(cfg.model), vocab_size, built_context(cfg), eos_id)
     else:
         from transformers import AutoConfig
 
@@ -161,7 +191,11 @@ def build_lm(cfg: RunConfig, vocab_size: int, model_dir: str | None = None,
 
 
 # ---------------------------------------------------------------------------- blocks
-MASK_FUNCTIONS = {"full_attention": "create_causal_mask", "sliding_attention": "create_sliding_window_causal_mask"}
+#: The mask each layer type gets, from transformers' own functions (as the base models' forwards
+#: do). Qwen3-Next's linear-attention layers get ``create_recurrent_attention_mask``: a padding
+#: mask, None without padding (causality is in the recurrence itself).
+MASK_FUNCTIONS = {"full_attention": "create_causal_mask", "sliding_attention": "create_sliding_window_causal_mask",
+                  "linear_attention": "create_recurrent_attention_mask"}
 
 
 def _positions(hidden: torch.Tensor) -> torch.Tensor:
@@ -214,9 +248,12 @@ class GPT2Layer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """One decoder layer of a Llama-style model (Llama, Qwen2, ...), hidden states in
-    and out: rotary embeddings and the (causal or sliding-window) mask are rebuilt inside, so
-    nothing but the hidden states crosses a stage boundary. ``rotary_emb`` holds buffers only."""
+    """One decoder layer of a Llama-style model (Llama, Qwen2, Qwen3-Next, ...), hidden states in
+    and out: rotary embeddings and the mask of the layer's type (causal, sliding-window, or
+    Qwen3-Next's linear-attention padding mask) are rebuilt inside, as the base model's forward
+    builds them, so nothing but the hidden states crosses a stage boundary. No cache is passed
+    (training), so a gated-DeltaNet layer starts from a zero recurrent state, as in the whole
+    model. ``rotary_emb`` holds buffers only."""
 
     def __init__(self, layer: nn.Module, rotary_emb: nn.Module, config: Any, layer_type: str) -> None:
         super().__init__()
@@ -244,7 +281,10 @@ def decoder_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Blocks of a Hugging Face causal LM: embed, each layer, final norm, LM head.
 
     Two layouts: GPT-2 (``transformer.wte/wpe/drop/h/ln_f`` + ``lm_head``) and Llama-style
-    (``model.embed_tokens/layers/norm/rotary_emb`` + ``lm_head``). A model whose base forward
+    (``model.embed_tokens/layers/norm/rotary_emb`` + ``lm_head``: Llama, Qwen2, Qwen3-Next, whose
+    ``config.layer_types`` says which mask each layer gets). Qwen3-Next's MoE router logits are
+    not collected here, and the whole model only adds its auxiliary load-balancing loss when
+    given ``labels`` (never, in :meth:`TextTask.loss`): both paths train on cross-entropy alone. A model whose base forward
     does more than this (e.g. Gemma's embedding scale) would not compose to the same output;
     the block tests compare the composition with the whole model."""
     transformer = getattr(model, "transformer", None)
