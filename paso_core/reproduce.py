@@ -18,7 +18,7 @@ from pathlib import Path
 from .runs import artifacts_root
 
 REPO = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ("optex_comparison", "cifar_paso", "wikitext_paso")
+NOTEBOOKS = ("optex_comparison", "cifar_paso", "wikitext_paso", "parallel_strategies")
 SCALES = ("smoke", "default", "paper")
 
 # benchmark command lines per scale (paper scale uses the scripts' own defaults)
@@ -33,6 +33,9 @@ BENCHMARKS: dict[str, dict[str, list[str]]] = {
     "vision_pipeline": {"smoke": ["--seconds", "0.5"], "default": [], "paper": []},
     # the script's defaults are the seed's OptEx benchmark (about a minute on 2 cores)
     "paso_seed_reference": {"smoke": ["--dim", "2000", "--steps", "100", "--P", "4"], "default": [], "paper": []},
+    # every intra-step method side by side on one model, FSDP2 memory per rank vs world size
+    "strategies": {"smoke": ["--scale", "smoke"], "default": ["--scale", "default", "--world-sizes", "1", "2", "4"],
+                   "paper": ["--scale", "paper"]},
     "paso_threshold_rule": {"smoke": ["--scale", "smoke"], "default": ["--scale", "default", "--seeds", "0", "1", "2"],
                             "paper": ["--scale", "paper"]},
 }

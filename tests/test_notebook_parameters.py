@@ -16,7 +16,7 @@ from paso_core.notebook_files import CHECK_CELL, PARAMETER_SNAPSHOT, SNAPSHOT_LI
 nbformat = pytest.importorskip("nbformat")
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ["cifar_paso", "wikitext_paso", "optex_comparison"]
+NOTEBOOKS = ["cifar_paso", "wikitext_paso", "optex_comparison", "parallel_strategies"]
 
 
 def _after_parameters_cell(namespace: dict) -> dict:

@@ -1,0 +1,244 @@
+"""Generate ``notebooks/parallel_strategies.ipynb`` (seeds 002 and 003: intra-step strategies) with nbformat.
+
+Why a generator: the notebook is code that reviewers diff; its source lives here and its
+logic in :mod:`paso_core.experiments.strategies`, where it is tested.
+
+Run ``python notebooks/build_parallel_strategies.py`` after editing this file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell
+
+from paso_core.notebook_files import finish_notebook, parameters_cells, write_notebook
+
+HERE = Path(__file__).resolve().parent
+TARGET = HERE / "parallel_strategies.ipynb"
+
+INTRO = """\
+# Intra-step parallelism side by side: DP, DDP, FSDP, FSDP2, tensor, pipeline, model parallel, LoRA
+
+**What is reproduced.** Seed 002 (a GPT-2 course assignment) compares naive data parallelism
+with GPipe-style pipeline and naive model parallelism on 2 GPUs; seed 003 trains a ~2B
+hybrid-attention model (linear attention among softmax layers, mixture-of-experts MLPs) with LoRA
+under DDP, FSDP1, FSDP2 and a 2-stage GPipe, sweeping GPUs, context length and the split layer
+by hand. This notebook runs every one of those strategies, plus tensor parallelism, FSDP2 x TP
+and the 1F1B / interleaved 1F1B schedules, through `paso_core` on one model, and measures:
+
+* **memory per rank** (parameters + gradients + optimizer state each rank holds, counted from its
+  tensors; the process peak beside it), against world size: FSDP2 must fall as `1/world`;
+* **bytes communicated per step** by the busiest rank (measured from point-to-point tensors, modelled
+  by formula for collectives; each figure says which);
+* **pipeline bubble fraction** from the schedule itself and from measured idle time, against the
+  number of micro-batches;
+* **tokens/s** per rank and in total, with the step split into forward / backward (gradient sync
+  overlapped inside) / pipeline / optimizer, against world size and context length;
+* the **split sweep**: a 2-stage GPipe at every split point, and the split rules `uniform`, `params`
+  and `time` (balanced by measured forward + backward time: the "dynamic split" seed 003 planned).
+
+Every engine first passes the **engine canary** (its first SGD step equals serial `torch.optim`'s),
+and every method's equivalence with serial training is a row of the test suite's matrix.
+
+| scale | what runs | needs |
+|---|---|---|
+| `smoke` | 2 steps of `llama-tiny`, every method once (CI, `PASO_SCALE=smoke`) | nothing |
+| `default` | `qwen3next-tiny` (hybrid attention + MoE) on the offline pydoc corpus, all sweeps, 2-core CPU | nothing |
+| `paper` | seed 003's setting: `qwen3next-2b`, LoRA r=32 alpha=64 on the full-attention layers, AdamW 2e-5, 4k context, 1-4 GPUs, 1k-16k sweep | GPUs, `data_root` with parquet shards |
+
+```bash
+papermill notebooks/parallel_strategies.ipynb out.ipynb                                  # default, offline
+papermill notebooks/parallel_strategies.ipynb out.ipynb -p model llama-tiny -p microbatches 8 \\
+    -p lora "r=8,alpha=16,targets=attention"                                               # one change
+papermill notebooks/parallel_strategies.ipynb out.ipynb -p scale paper -p data_root /data/parquet
+```
+
+**On CPU.** 2 shared cores run every worker; tokens/s there shows each strategy's *overheads*
+(collectives, schedule ticks, sharding), not the GPU speed-ups of the seeds. The figures below lead
+with what does not depend on the hardware: memory per rank, bytes per step, bubble fraction.
+"""
+
+PARAMETERS = """\
+# Parameters (papermill -p NAME VALUE). None = take it from the scale's preset.
+scale = None             # "smoke" | "default" | "paper"; None -> $PASO_SCALE, else "default"
+methods = None           # e.g. "serial,ddp,fsdp2,tp,pp:1f1b" (pp:<schedule> is pp with that schedule)
+nproc = None             # workers of the side-by-side comparison (fsdp2_tp runs at least 4)
+model = None             # gpt2-tiny | llama-tiny | qwen3next-tiny | ... | qwen3next-2b
+block_size = None        # tokens per sequence (context length)
+microbatches = None      # pipeline micro-batches per global batch
+pp_schedule = None       # schedule of a plain "pp" entry: gpipe | 1f1b | interleaved_1f1b
+split = None             # uniform | params | time | split points, e.g. "3" or [2, 4]
+lora = None              # LoRA adapters: rank, alpha, target modules (format: README, LoRA); None: full fine-tuning
+steps = None             # optimizer steps per run
+batch_size = None        # global batch (sequences per step)
+lr = None
+optimizer = None
+dataset = None           # pydoc (offline) | wikitext2 | parquet
+data_root = None
+world_sizes = None       # world-size sweep, e.g. "1,2,4"
+contexts = None          # context-length sweep, e.g. "64,128,256"
+microbatch_counts = None # micro-batch sweep, e.g. "1,2,4,8"
+sweep_methods = None     # methods of the world and context sweeps
+studies = None           # methods, world, context, microbatches, split
+seed = None
+"""
+
+SETUP = """\
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import Markdown, display
+
+from paso_core import report
+from paso_core.experiments import strategies as st
+
+pd.set_option("display.width", 220)
+pd.set_option("display.max_columns", 40)
+notebook_started = time.perf_counter()
+values = dict(methods=methods, nproc=nproc, model=model, block_size=block_size, microbatches=microbatches,
+              pp_schedule=pp_schedule, split=split, lora=lora, steps=steps, batch_size=batch_size, lr=lr,
+              optimizer=optimizer, dataset=dataset, data_root=data_root, world_sizes=world_sizes,
+              contexts=contexts, microbatch_counts=microbatch_counts, sweep_methods=sweep_methods,
+              studies=studies, seed=seed)
+# Every run is validated here, before any worker starts: a bad value stops this cell naming it.
+plan = st.prepare(values, scale)
+params = plan.params
+display(pd.DataFrame([params]).T.rename(columns={0: "value"}))
+display(plan.describe())
+if plan.skipped:
+    print("combinations a method refuses (left out of the sweeps, with the method's reason):")
+    display(pd.DataFrame(plan.skipped))
+"""
+
+CANARY_MD = """\
+## Engine canary
+
+One SGD step with lr 1 of every (method, world size) the comparison runs, on this model and batch,
+against serial `torch.optim` computed in this process: the displacement of the weights is the first
+gradient, so an engine that computes something else (FSDP2's gradients x world on CPU/gloo in torch
+2.7-2.8) fails here instead of producing plausible plots.
+"""
+
+CANARY = """\
+with tempfile.TemporaryDirectory() as tmp:
+    canary = st.canary(plan, Path(tmp))
+display(canary[["case", "world_size", "max_abs_diff", "rel_displacement_err", "rtol", "passed"]])
+"""
+
+RUN_MD = """\
+## Run every study
+
+Runs of one world size share one `torchrun` launch and run one after another.
+"""
+
+RUN = """\
+started = time.perf_counter()
+results = st.run_plan(plan)
+table = st.results_table(results)
+config = st.artifact_config(plan, results)
+config["canary"] = canary.drop(columns=["path"]).to_dict("records")
+print(f"{len(results)} runs in {time.perf_counter() - started:.0f} s")
+display(Markdown(st.cpu_caveat(table)))
+"""
+
+METHODS_MD = """\
+## Every method on one model
+
+`mem_state_mb`: parameters + gradients + optimizer state this rank holds (max over ranks);
+`mem_peak_mb`: the process peak (CUDA allocator on GPUs; on CPU the resident set, which in a shared
+launch is the running maximum of its runs); `bytes_per_step`: the busiest rank's bytes in one step;
+`bubble_*`: pipeline idle fraction (schedule / measured); phases are medians over steps, maxima over
+ranks; ratios are to this invocation's serial run.
+"""
+
+METHODS = """\
+methods_table = st.with_ratios(st.study(table, "methods"))
+shown = [c for c in (*st.SUMMARY_COLUMNS, "speedup_vs_serial", "state_vs_serial") if c in methods_table]
+display(methods_table[shown])
+report.save_table(methods_table, st.artifact_name(params, "methods"), config, md_columns=shown,
+                  title=f"Intra-step strategies on {params['model']} (block {params['block_size']})",
+                  notes=st.cpu_caveat(table))
+fig = st.plot_methods(table, f"{params['model']}, block {params['block_size']}, batch {params['batch_size']}")
+report.save_figure(fig, st.artifact_name(params, "methods"), config)
+plt.show()
+"""
+
+SWEEPS_MD = """\
+## Against world size, context length, micro-batches, and the split point
+
+Top left: training state per rank against world size, with `1/world` (dashed) for FSDP2. Bottom
+left: the schedule's bubble fraction (`(n-1)/(m+n-1)` for GPipe and 1F1B) against the measured idle
+fraction. Bottom right: tokens/s of a 2-stage GPipe at every split point (the seed's hand sweep),
+the split rules as horizontal lines.
+"""
+
+SWEEPS = """\
+fig = st.plot_sweeps(table, f"{params['model']}: sweeps")
+report.save_figure(fig, st.artifact_name(params, "sweeps"), config)
+plt.show()
+for name in ("world", "context", "microbatches", "split"):
+    part = st.study(table, name)
+    if not part.empty:
+        report.save_table(part, st.artifact_name(params, name), config, title=f"{name} study",
+                          md_columns=[c for c in ("method", "x", "world", "block_size", "microbatches", "split_points",
+                                                  *st.SUMMARY_COLUMNS[2:]) if c in part])
+scaling = st.memory_scaling(table)
+if not scaling.empty:
+    display(scaling)
+    report.save_table(scaling, st.artifact_name(params, "memory_scaling"), config,
+                      title="Training state per rank against world size",
+                      notes="relative_state: over the same method at its smallest world; FSDP2 should follow 1/world")
+"""
+
+REPORTED_MD = """\
+## The seeds' reported numbers beside ours
+
+Theirs: their GPUs, their models (GPT-2 small; a ~2B hybrid with LoRA at 4k context). Ours: this
+run's machine and model. Compare *orderings and ratios* between methods, not absolute values.
+"""
+
+REPORTED = """\
+reported = st.reported_table()
+display(reported)
+ours = st.study(table, "methods")[["method", "world", "tokens_per_s", "tokens_per_s_per_rank", "mem_state_mb",
+                                    "mem_peak_mb"]]
+display(ours)
+report.save_table(reported, st.artifact_name(params, "reported"), config,
+                  title="Reported by seeds 002 and 003 (their hardware; numbers as stated there)")
+print(f"notebook total: {time.perf_counter() - notebook_started:.0f} s")
+"""
+
+
+def build() -> nbformat.NotebookNode:
+    cells = [
+        new_markdown_cell(INTRO),
+        *parameters_cells(PARAMETERS),
+        new_code_cell(SETUP),
+        new_markdown_cell(CANARY_MD),
+        new_code_cell(CANARY),
+        new_markdown_cell(RUN_MD),
+        new_code_cell(RUN),
+        new_markdown_cell(METHODS_MD),
+        new_code_cell(METHODS),
+        new_markdown_cell(SWEEPS_MD),
+        new_code_cell(SWEEPS),
+        new_markdown_cell(REPORTED_MD),
+        new_code_cell(REPORTED),
+    ]
+    return finish_notebook(cells, "parallel-strategies")
+
+
+def main() -> Path:
+    return write_notebook(build(), TARGET)
+
+
+if __name__ == "__main__":
+    print(main())
