@@ -180,6 +180,10 @@ def final_report(ctx: WorkerContext, task: Task, model: nn.Module, steps: int, i
     }
     if ctx.is_main and state is not None:
         model = full_model_on_main(ctx, task, model, state)
+        if holds_part_of_model(ctx):
+            # tied names (an LM head = embedding held by two pipeline stages) resolved the way
+            # load_state_dict resolves them, so final.pt is the model that was evaluated
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         summary["n_params"] = sum(p.numel() for p in model.parameters())
         metrics = task.evaluate(model)
         summary.update({f"final_{k}": v for k, v in metrics.items()})
