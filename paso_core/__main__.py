@@ -27,7 +27,7 @@ def _flag_type(hint: typing.Any) -> tuple[typing.Any, dict[str, typing.Any]]:
     if base is bool:
         return None, {"action": argparse.BooleanOptionalAction}
     if typing.get_origin(base) is tuple:
-        return float, {"nargs": 2}
+        return float, {"nargs": "+" if Ellipsis in typing.get_args(base) else len(typing.get_args(base))}
     if base in (int, float, str):
         return base, {}
     return None, {}

@@ -21,8 +21,8 @@ from .options import (ConfigError, check_bool, check_choice, check_int, check_nu
 
 TASKS = ("synthetic", "vision", "text")
 FUNCTIONS = ("sphere", "ackley", "rosenbrock")
-VISION_DATASETS = ("digits", "cifar10")
-VISION_MODELS = ("cnn", "vit", "resnet18")
+VISION_DATASETS = ("digits", "cifar10", "tinyimagenet")
+VISION_MODELS = ("cnn", "vit", "resnet18", "resnet101", "inception_v3")
 TEXT_DATASETS = ("pydoc", "wikitext2", "parquet")
 PRETRAINED_MODELS = ("local", "modelscope")  # the others are built from a config (tasks/families.py)
 #: GPT-2, Llama and Qwen3-Next sizes built from a config (random init), then the pretrained kinds.
@@ -32,15 +32,16 @@ MODEL_DTYPES = ("float32", "bfloat16", "float16", "auto")  # 'auto': a pretraine
 DEFAULT_CONTEXT = 1024  # GPT-2's
 DEFAULT_VOCAB_SIZE = 4096
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
 
 DEFAULT_DATASET = {"vision": "digits", "text": "pydoc"}
 DEFAULT_MODEL = {"vision": "cnn", "text": "gpt2-tiny"}
 DATASETS_BY_TASK = {"vision": VISION_DATASETS, "text": TEXT_DATASETS}
 MODELS_BY_TASK = {"vision": VISION_MODELS, "text": TEXT_MODELS}
-ON_DISK_DATASETS = ("cifar10", "wikitext2", "parquet")  # read from data_root (or downloaded); the others are bundled
-FAULT_KINDS = ("raise", "exit", "hang")
+NOT_DOWNLOADABLE = ("tinyimagenet",)  # no loader with a download: the files must be under data_root
+ON_DISK_DATASETS = ("cifar10", "tinyimagenet", "wikitext2", "parquet")  # read from data_root (or downloaded); the others are bundled
+FAULT_KINDS = ("raise", "exit", "hang", "wrong_grads", "slow_comm")
 #: Options that were once passed inside ``extra={...}``; :meth:`RunConfig.from_dict` still
 #: accepts that form (old config.json files, old calls) and maps it onto the fields.
 LEGACY_EXTRA = ("n_positions", "vocab_size", "eval_test", "keep_dropout", "attn_implementation",
@@ -61,7 +62,7 @@ class RunConfig:
     # vision / text data
     dataset: str | None = option(None, "dataset (default: digits for vision, pydoc for text)",
                                  VISION_DATASETS + TEXT_DATASETS)
-    data_root: str | None = option(None, "directory holding an on-disk dataset (cifar10, wikitext2, parquet)")
+    data_root: str | None = option(None, "directory holding an on-disk dataset (cifar10, tinyimagenet, wikitext2, parquet)")
     download: bool = option(False, "allow downloading a missing dataset or model (needs a network)")
     text_column: str = option("text", "column holding the text (dataset=parquet)")
     loader_workers: int = option(0, "DataLoader workers tokenising upcoming steps ahead (dataset=parquet; "
@@ -91,6 +92,10 @@ class RunConfig:
     lr_schedule: str = option("constant", "learning-rate schedule after warm-up", LR_SCHEDULES)
     warmup_steps: int = option(0, "linear warm-up steps")
     min_lr_ratio: float = option(0.0, "cosine schedule's final lr as a fraction of lr")
+    lr_decay_at: tuple[float, ...] = option(
+        (0.5, 0.75), "step schedule: where lr is multiplied by lr_decay_gamma, as fractions of the steps (the "
+                     "PipeOptim seed's epochs 40 and 60 of 70: 0.5714 0.8571)")
+    lr_decay_gamma: float = option(0.1, "step schedule: the factor at each point of lr_decay_at")
     momentum: float = option(0.9, "momentum of optimizer=momentum")
     betas: tuple[float, float] = option((0.9, 0.999), "Adam/AdamW betas")
     eps: float = option(1e-8, "Adam/AdamW epsilon")
@@ -117,7 +122,7 @@ class RunConfig:
     stop_after: int | None = option(None, "stop (with a checkpoint) after this many iterations")
     progress: bool = option(True, "show a progress bar")
     inject_fault: dict[str, Any] | None = option(
-        None, "test hook of the worker: {'rank': r, 'kind': 'raise' | 'exit' | 'hang'}")
+        None, "test hook of the worker: {'rank': r, 'kind': 'raise' | 'exit' | 'hang' | 'wrong_grads' | 'slow_comm'}")
     #: The method's typed options (set from the method's defaults when not given).
     options: Any = dataclasses.field(default=None, metadata={"help": "", "flag": False})
 
@@ -185,8 +190,9 @@ class RunConfig:
             raise ConfigError(f"unknown option(s) {unknown}; valid options for method={method!r} are: "
                               f"{', '.join(sorted(shared | own))}")
         common = {k: v for k, v in data.items() if k in shared}
-        if "betas" in common and common["betas"] is not None:
-            common["betas"] = tuple(common["betas"])
+        for name in ("betas", "lr_decay_at"):  # JSON and the CLI give lists
+            if common.get(name) is not None:
+                common[name] = tuple(common[name])
         options = data.get("options")
         if options is None:
             options = spec.options(**{k: v for k, v in data.items() if k in own})
@@ -297,7 +303,7 @@ def _check_task(cfg: RunConfig) -> None:
     _check_lora(cfg)
     if cfg.task == "text" and cfg.dataset == "parquet":
         _check_parquet_options(cfg)
-    if cfg.task != "synthetic" and not cfg.download:
+    if cfg.task != "synthetic" and (not cfg.download or cfg.dataset in NOT_DOWNLOADABLE):
         problem = dataset_problem(str(cfg.dataset), cfg.data_root, cfg.text_column)
         if problem is not None:
             raise ConfigError(problem)
@@ -333,6 +339,11 @@ def _check_optimizer(cfg: RunConfig) -> None:
     check_number("momentum", cfg.momentum, 0.0, 1.0)
     check_number("eps", cfg.eps, 0.0, low_open=True)
     check_number("min_lr_ratio", cfg.min_lr_ratio, 0.0, 1.0)
+    check_number("lr_decay_gamma", cfg.lr_decay_gamma, 0.0, 1.0, low_open=True)
+    points = list(cfg.lr_decay_at)
+    if any(not isinstance(f, int | float) or not 0 < f < 1 for f in points) or points != sorted(set(points)):
+        raise ConfigError(f"lr_decay_at={cfg.lr_decay_at!r} is not valid; give increasing fractions of the steps "
+                          "in (0, 1), e.g. (0.5, 0.75)")
     if len(cfg.betas) != 2:
         raise ConfigError(f"betas={cfg.betas!r} is not valid; give two numbers in [0, 1)")
     for b in cfg.betas:
@@ -400,6 +411,11 @@ def dataset_problem(dataset: str, data_root: str | None, text_column: str = "tex
             return None
         return (f"data_root={data_root!r} does not hold CIFAR-10: {problem}. Put {layouts.CIFAR_LAYOUT} "
                 "there, or pass download=True on a machine with a network")
+    if dataset == "tinyimagenet":
+        problem = layouts.tinyimagenet_problem(data_root)
+        if problem is None:
+            return None
+        return f"data_root={data_root!r} does not hold Tiny-ImageNet: {problem}. Put {layouts.TINY_LAYOUT} there"
     if layouts.find_wikitext_files(Path(data_root).expanduser()) is not None:
         return None
     return f"data_root={data_root!r} does not hold WikiText-2: {layouts.missing_wikitext_message(data_root)}"
@@ -425,7 +441,7 @@ def _check_fault(fault: Any, world_size: int) -> None:
     """The worker's fault-injection test hook: which rank fails, and how."""
     if fault is None:
         return
-    shape = "{'rank': r, 'kind': 'raise' | 'exit' | 'hang'}"
+    shape = "{'rank': r, 'kind': " + " | ".join(repr(k) for k in FAULT_KINDS) + "}"
     if not isinstance(fault, dict) or "rank" not in fault or set(fault) - {"rank", "kind"}:
         raise ConfigError(f"inject_fault={fault!r} is not valid; give {shape}")
     rank = fault["rank"]

@@ -32,7 +32,7 @@ BAD = [
     ({"task": "vision", "dataset": "cifar10"}, "needs data_root"),
     ({"task": "vision", "dataset": "cifar10", "data_root": "/no/such/dir"}, "data_root='/no/such/dir' does not exist"),
     ({"task": "vision", "method": "ddp", "nproc": 3, "batch_size": 64}, "batch_size=64 is not divisible"),
-    ({"lr_schedule": "step"}, "lr_schedule='step'.*constant, cosine"),
+    ({"lr_schedule": "linear"}, "lr_schedule='linear'.*constant, cosine, step"),
     ({"method": "paso", "adaptivity": "max"}, "adaptivity='max'.*mean, median"),
     ({"method": "paso", "threshold_errors": "last"}, "threshold_errors='last'.*seed, next_guess"),
     # a method only takes its own options

@@ -84,3 +84,28 @@ def test_scan_refuses_coupled_weight_decay() -> None:
     spec = OptimSpec("adam", lr=0.01, steps=5, weight_decay=0.1)
     with pytest.raises(ValueError, match="relay"):
         simulated_scan_rollout(spec, 0, torch.zeros(3), init_state(spec, torch.zeros(3)), [torch.ones(3)] * 2)
+
+
+def test_step_schedule_is_torch_multisteplr_at_fractions_of_the_steps() -> None:
+    """The PipeOptim seed's ÷10 at epochs 40 and 60 of 70, as fractions of the steps."""
+    from paso_core.optim.updates import OptimSpec, lr_at
+
+    spec = OptimSpec(name="momentum", lr=0.01, steps=140, schedule="step", decay_at=(40 / 70, 60 / 70),
+                     decay_gamma=0.1)
+    param = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([param], lr=0.01)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[80, 120], gamma=0.1)
+    for step in range(140):
+        assert lr_at(spec, step) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-12), step
+        optimizer.step()
+        scheduler.step()
+
+
+@pytest.mark.parametrize("points", [(0.75, 0.5), (0.0, 0.5), (0.5, 1.0), (0.5, 0.5)])
+def test_step_schedule_points_must_be_increasing_fractions(points: tuple[float, ...]) -> None:
+    from paso_core.config import RunConfig, validate
+    from paso_core.options import ConfigError
+
+    with pytest.raises(ConfigError, match=r"lr_decay_at=.*increasing fractions"):
+        validate(RunConfig.from_dict({"method": "serial", "task": "synthetic", "lr_schedule": "step",
+                                      "lr_decay_at": points}))

@@ -33,6 +33,8 @@ class OptimSpec:
     schedule: str = "constant"
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
+    decay_at: tuple[float, ...] = ()
+    decay_gamma: float = 0.1
     momentum: float = 0.9
     beta1: float = 0.9
     beta2: float = 0.999
@@ -45,6 +47,7 @@ class OptimSpec:
         return cls(
             name=cfg.optimizer, lr=cfg.lr, steps=cfg.steps, schedule=cfg.lr_schedule,
             warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio,
+            decay_at=tuple(cfg.lr_decay_at), decay_gamma=cfg.lr_decay_gamma,
             momentum=cfg.momentum, beta1=cfg.betas[0], beta2=cfg.betas[1], eps=cfg.eps,
             weight_decay=cfg.resolved_weight_decay, grad_clip=cfg.grad_clip,
         )
@@ -60,11 +63,13 @@ class OptimSpec:
 
 
 def lr_at(spec: OptimSpec, step: int) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then constant or cosine."""
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then constant, cosine or step decay."""
     if spec.warmup_steps and step < spec.warmup_steps:
         return spec.lr * (step + 1) / spec.warmup_steps
     if spec.schedule == "constant":
         return spec.lr
+    if spec.schedule == "step":  # torch's MultiStepLR at steps round(f * steps)
+        return spec.lr * spec.decay_gamma ** sum(step >= round(f * spec.steps) for f in spec.decay_at)
     span = max(1, spec.steps - spec.warmup_steps)
     progress = min(1.0, (step - spec.warmup_steps) / span)
     floor = spec.lr * spec.min_lr_ratio

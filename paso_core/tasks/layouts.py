@@ -55,6 +55,44 @@ def cifar10_problem(data_root: str | Path | None) -> str | None:
     return None
 
 
+# --------------------------------------------------------------------------- Tiny-ImageNet
+TINY_DIRNAME = "tiny-imagenet-200"
+#: How to describe the layout in error messages (the archive's own layout, unpacked).
+TINY_LAYOUT = (f"'{TINY_DIRNAME}/' (the archive's layout: wnids.txt, train/<wnid>/images/*.JPEG, "
+               "val/images/*.JPEG, val/val_annotations.txt)")
+
+
+def find_tinyimagenet_dir(data_root: str | Path | None) -> Path | None:
+    """The ``tiny-imagenet-200`` directory for ``data_root`` (its parent or itself), or None."""
+    if data_root is None:
+        return None
+    root = Path(data_root).expanduser()
+    for candidate in (root / TINY_DIRNAME, root):
+        if (candidate / "wnids.txt").is_file():
+            return candidate
+    return None
+
+
+def tinyimagenet_problem(data_root: str | Path | None) -> str | None:
+    """Why Tiny-ImageNet cannot be read from ``data_root`` (None when its layout is complete):
+    the class list, a training folder per class, and the validation images and labels."""
+    directory = find_tinyimagenet_dir(data_root)
+    if directory is None:
+        where = "no data_root was given" if data_root is None else (
+            f"looked for {Path(data_root).expanduser() / TINY_DIRNAME / 'wnids.txt'} and "
+            f"{Path(data_root).expanduser() / 'wnids.txt'}")
+        return f"Tiny-ImageNet not found ({where})"
+    wnids = (directory / "wnids.txt").read_text().split()
+    missing = [f"train/{w}/images" for w in wnids if not (directory / "train" / w / "images").is_dir()]
+    missing += [n for n in ("val/images", "val/val_annotations.txt") if not (directory / n).exists()]
+    if not wnids:
+        return f"{directory / 'wnids.txt'} lists no classes"
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        return f"the Tiny-ImageNet directory {directory} is incomplete: missing {shown}"
+    return None
+
+
 # --------------------------------------------------------------------------- WikiText-2
 SPLITS = ("train", "validation", "test")
 WIKITEXT_TOKEN_FILES = {"train": "wiki.train.tokens", "validation": "wiki.valid.tokens",

@@ -30,7 +30,7 @@ from .vision_models import build_vision_model, count_parameters, vision_blocks
 PERMUTATION_STREAM = 3
 AUGMENT_STREAM = 4
 INIT_STREAM = 2
-FLIP_DATASETS = ("cifar10",)  # never flip digits: a mirrored 2, 3, 7... is not the same digit
+FLIP_DATASETS = ("cifar10", "tinyimagenet")  # never flip digits: a mirrored 2, 3, 7... is not the same digit
 
 
 def crop_padding(image_size: int) -> int:

@@ -15,6 +15,8 @@ Two datasets:
   values 0..16). Works offline; a fixed stratified 80/20 split (seed
   :data:`DIGITS_SPLIT_SEED`, independent of the run seed, so every run of every method
   sees the same test set); mean/std from the training split.
+* ``tinyimagenet``: the Tiny-ImageNet-200 archive unpacked (64x64 JPEGs, 200 classes, 500
+  training images each; its labelled ``val`` split is the test set), the PipeOptim seed's data.
 * ``cifar10``: torchvision's on-disk layout ``cifar-10-batches-py/`` read directly with
   ``pickle`` (no MD5 check, so small hand-written copies in the same format also load);
   standard CIFAR-10 mean/std.
@@ -31,17 +33,21 @@ import numpy as np
 import torch
 
 from .layouts import (CIFAR_DIRNAME, CIFAR_LAYOUT, CIFAR_META_FILE, CIFAR_TEST_FILE,  # noqa: F401 (re-exported)
-                      CIFAR_TRAIN_FILES, cifar10_problem, find_cifar10_dir)
+                      CIFAR_TRAIN_FILES, TINY_LAYOUT, cifar10_problem, find_cifar10_dir, find_tinyimagenet_dir,
+                      tinyimagenet_problem)
 
 # The usual per-channel statistics of the CIFAR-10 training set, in [0, 1] pixel units.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
+# ImageNet's statistics, the usual normalisation of Tiny-ImageNet (a 200-class ImageNet subset).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_PIXEL_MAX = 16
 
-DATASETS = ("digits", "cifar10")
+DATASETS = ("digits", "cifar10", "tinyimagenet")
 
 
 @dataclass
@@ -212,17 +218,61 @@ def load_cifar10(data_root: str | Path | None, download: bool = False) -> Vision
     )
 
 
+# --------------------------------------------------------------------------- Tiny-ImageNet
+def _read_images(paths: list[Path]) -> torch.Tensor:
+    """JPEGs -> uint8 ``N x 3 x H x W`` (grayscale ones converted to RGB, as torchvision's loader does)."""
+    from PIL import Image
+
+    arrays = []
+    for path in paths:
+        with Image.open(path) as image:
+            arrays.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def load_tinyimagenet(data_root: str | Path | None) -> VisionData:
+    """Tiny-ImageNet-200 from its unpacked archive: train folders per class, and the labelled
+    validation split (``val_annotations.txt``) as the test set, as the seed evaluates."""
+    problem = tinyimagenet_problem(data_root)
+    if problem is not None:
+        raise FileNotFoundError(f"{problem}. Point data_root at the directory that contains {TINY_LAYOUT}.")
+    directory = find_tinyimagenet_dir(data_root)
+    assert directory is not None
+    wnids = (directory / "wnids.txt").read_text().split()
+    label = {w: i for i, w in enumerate(wnids)}
+    train = [(p, label[w]) for w in wnids for p in sorted((directory / "train" / w / "images").glob("*.JPEG"))]
+    val = []
+    for line in (directory / "val" / "val_annotations.txt").read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 2:
+            val.append((directory / "val" / "images" / fields[0], label[fields[1]]))
+    return VisionData(
+        name="tinyimagenet",
+        train_x=_read_images([p for p, _ in train]),
+        train_y=torch.tensor([y for _, y in train], dtype=torch.int64),
+        test_x=_read_images([p for p, _ in val]),
+        test_y=torch.tensor([y for _, y in val], dtype=torch.int64),
+        classes=wnids,
+        pixel_max=255,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        source=str(directory.resolve()),
+    )
+
+
 def load_vision_data(
     dataset: str,
     data_root: str | Path | None = None,
     download: bool = False,
     device: torch.device | str = "cpu",
 ) -> VisionData:
-    """Load ``dataset`` ('digits' or 'cifar10') and place its tensors on ``device``."""
+    """Load ``dataset`` (one of :data:`DATASETS`) and place its tensors on ``device``."""
     if dataset == "digits":
         data = load_digits_data()
     elif dataset == "cifar10":
         data = load_cifar10(data_root, download)
+    elif dataset == "tinyimagenet":
+        data = load_tinyimagenet(data_root)
     else:
         raise ValueError(f"dataset={dataset!r} is not a vision dataset; choose one of: {', '.join(DATASETS)}")
     return data.to(device)

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-MODELS = ("cnn", "vit", "resnet18")
+MODELS = ("cnn", "vit", "resnet18", "resnet101", "inception_v3")
 
 
 # --------------------------------------------------------------------------- CNN
@@ -176,6 +176,67 @@ def resnet18_groupnorm(in_channels: int, num_classes: int) -> nn.Module:
     return model
 
 
+def resnet101_groupnorm(in_channels: int, image_size: int, num_classes: int) -> nn.Module:
+    """torchvision ResNet-101 (the PipeOptim seed's), GroupNorm for the reasons above; the
+    ImageNet stem for images of 64 pixels and more (Tiny-ImageNet), the CIFAR stem below."""
+    import torchvision
+
+    model = torchvision.models.resnet101(weights=None, num_classes=num_classes, norm_layer=group_norm_factory())
+    if image_size < 64 or in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+        model.maxpool = nn.Identity()
+    return model
+
+
+#: Inception-V3's stem and its two 3x3 stride-2 reductions need at least 75x75 pixels.
+INCEPTION_MIN_SIZE = 75
+
+
+class InceptionStem(nn.Module):
+    """Inception-V3's layers before ``Mixed_5b``, after upsampling small images to 75x75
+    (Tiny-ImageNet's 64x64 are too small for the stem, as for every Inception-V3 user of it)."""
+
+    def __init__(self, model: nn.Module, image_size: int) -> None:
+        super().__init__()
+        self.size = max(INCEPTION_MIN_SIZE, image_size)
+        self.layers = nn.Sequential(model.Conv2d_1a_3x3, model.Conv2d_2a_3x3, model.Conv2d_2b_3x3, model.maxpool1,
+                                    model.Conv2d_3b_1x1, model.Conv2d_4a_3x3, model.maxpool2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] < self.size:
+            x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self.layers(x)
+
+
+INCEPTION_MIXED = ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
+                   "Mixed_7a", "Mixed_7b", "Mixed_7c")
+
+
+class InceptionV3(nn.Module):
+    """torchvision's Inception-V3 (the PipeOptim seed's second model) as a plain chain: stem,
+    the eleven Mixed blocks, pool + dropout + fc; no auxiliary head, its own BatchNorm, and a
+    1-channel first convolution for grayscale inputs."""
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int) -> None:
+        super().__init__()
+        import torchvision
+
+        net = torchvision.models.inception_v3(weights=None, num_classes=num_classes, aux_logits=False,
+                                              init_weights=True, transform_input=False)
+        if in_channels != 3:
+            net.Conv2d_1a_3x3 = torchvision.models.inception.BasicConv2d(in_channels, 32, kernel_size=3, stride=2)
+        self.stem = InceptionStem(net, image_size)
+        for name in INCEPTION_MIXED:
+            setattr(self, name, getattr(net, name))
+        self.head = nn.Sequential(net.avgpool, net.dropout, nn.Flatten(1), net.fc)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _, block in _inception_blocks(self):
+            x = block(x)
+        return x
+
+
 # --------------------------------------------------------------------------- factory
 def build_vision_model(name: str, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
     """A freshly initialised classifier; the caller seeds the RNG for a reproducible init."""
@@ -185,6 +246,10 @@ def build_vision_model(name: str, in_channels: int, image_size: int, num_classes
         return SmallViT(in_channels, image_size, num_classes, patch_size=vit_patch_size(image_size))
     if name == "resnet18":
         return resnet18_groupnorm(in_channels, num_classes)
+    if name == "resnet101":
+        return resnet101_groupnorm(in_channels, image_size, num_classes)
+    if name == "inception_v3":
+        return InceptionV3(in_channels, image_size, num_classes)
     raise ValueError(f"model={name!r} is not a vision model; choose one of: {', '.join(MODELS)}")
 
 
@@ -214,6 +279,18 @@ def _resnet_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [("stem", stem), *layers, ("head", head)]
 
 
+def _deep_resnet_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """A deep ResNet (101 layers) cut at every bottleneck, so 4 stages can be balanced."""
+    stem, *layers, head = _resnet_blocks(model)
+    bottlenecks = [(f"{name}.{i}", b) for name, layer in layers for i, b in enumerate(layer)]
+    return [stem, *bottlenecks, head]
+
+
+def _inception_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Inception-V3: the stem, each Mixed block, then pool + dropout + flatten + fc."""
+    return [("stem", model.stem), *[(name, getattr(model, name)) for name in INCEPTION_MIXED], ("head", model.head)]
+
+
 def vision_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The ordered blocks of one of our classifiers (see :meth:`VisionTask.model_blocks`)."""
     import torchvision
@@ -223,9 +300,12 @@ def vision_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     if isinstance(model, SmallViT):
         return _vit_blocks(model)
     if isinstance(model, torchvision.models.ResNet):
-        return _resnet_blocks(model)
+        return _deep_resnet_blocks(model) if sum(len(l) for l in (model.layer1, model.layer2, model.layer3,
+                                                                  model.layer4)) > 8 else _resnet_blocks(model)
+    if isinstance(model, InceptionV3):
+        return _inception_blocks(model)
     raise TypeError(f"no block layout for vision model {type(model).__name__}; "
-                    "known: SmallCNN, SmallViT, torchvision ResNet")
+                    "known: SmallCNN, SmallViT, torchvision ResNet, InceptionV3")
 
 
 def count_parameters(model: nn.Module) -> int:
