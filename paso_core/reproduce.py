@@ -18,7 +18,7 @@ from pathlib import Path
 from .runs import artifacts_root
 
 REPO = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ("optex_comparison", "cifar_paso", "wikitext_paso", "parallel_strategies")
+NOTEBOOKS = ("optex_comparison", "cifar_paso", "wikitext_paso", "parallel_strategies", "pipeoptim_curves")
 SCALES = ("smoke", "default", "paper")
 
 # benchmark command lines per scale (paper scale uses the scripts' own defaults)

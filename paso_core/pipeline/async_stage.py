@@ -190,7 +190,7 @@ class AsyncStage:
             for n, p in zip(self.names, self.params):
                 p.grad = tensors[n].grad
         if flight.stale is not None:
-            current = self._flat(None)
+            current = self._flat(tensors)  # the weights this backward ran on (predicted for SpecTrain)
             denominator = float((flight.stale - current).norm())
             if denominator > 0:
                 self.quality.append((j, float((flight.forward_weights - current).norm()) / denominator))
