@@ -37,7 +37,9 @@ and the 1F1B / interleaved 1F1B schedules, through `paso_core` on one model, and
 * **tokens/s** per rank and in total, with the step split into forward / backward (gradient sync
   overlapped inside) / pipeline / optimizer, against world size and context length;
 * the **split sweep**: a 2-stage GPipe at every split point, and the split rules `uniform`, `params`
-  and `time` (balanced by measured forward + backward time: the "dynamic split" seed 003 planned).
+  and `time` (balanced by measured forward + backward time: the "dynamic split" seed 003 planned);
+* the **seeds' reported numbers** in one table with ours, column beside column, and a short
+  **discussion** at the end, written by `paso_core` from this run's table (no number typed in).
 
 Every engine first passes the **engine canary** (its first SGD step equals serial `torch.optim`'s),
 and every method's equivalence with serial training is a row of the test suite's matrix.
@@ -164,24 +166,47 @@ methods_table = st.with_ratios(st.study(table, "methods"))
 shown = [c for c in (*st.SUMMARY_COLUMNS, "speedup_vs_serial", "state_vs_serial") if c in methods_table]
 display(methods_table[shown])
 report.save_table(methods_table, st.artifact_name(params, "methods"), config, md_columns=shown,
-                  title=f"Intra-step strategies on {params['model']} (block {params['block_size']})",
-                  notes=st.cpu_caveat(table))
-fig = st.plot_methods(table, f"{params['model']}, block {params['block_size']}, batch {params['batch_size']}")
+                  title=f"Intra-step strategies: {st.setting(table)}", notes=st.discussion(table))
+fig = st.plot_methods(table)
 report.save_figure(fig, st.artifact_name(params, "methods"), config)
+plt.show()
+"""
+
+STEP_MD = """\
+## Where a step's time goes
+
+Each bar is one method's median step, split into the intervals its loop times (data-parallel
+engines: forward, backward with their overlapped gradient sync, optimizer; pipelines: the
+schedule's forward + backward with its point-to-point sends, the gradient sync between replicas
+and tied weights, optimizer), the rest of the step last. The thin dotted bar below is the time
+inside communication calls the run meters: it overlaps the slices (naive DP's all-reduces run
+inside backward), so it is drawn beside them, not stacked.
+"""
+
+STEP = """\
+step_times = st.step_split(table)
+display(step_times)
+report.save_table(step_times, st.artifact_name(params, "step_split"), config,
+                  title=f"Step time split [s]: {st.setting(table)}",
+                  notes="Slices are disjoint intervals of the step; comm_s overlaps them (see the notebook).")
+fig = st.plot_step_split(table)
+report.save_figure(fig, st.artifact_name(params, "step_split"), config)
 plt.show()
 """
 
 SWEEPS_MD = """\
 ## Against world size, context length, micro-batches, and the split point
 
-Top left: training state per rank against world size, with `1/world` (dashed) for FSDP2. Bottom
-left: the schedule's bubble fraction (`(n-1)/(m+n-1)` for GPipe and 1F1B) against the measured idle
-fraction. Bottom right: tokens/s of a 2-stage GPipe at every split point (the seed's hand sweep),
-the split rules as horizontal lines.
+One row per sweep. Top: against world size, training state per rank (with `1/world`, dashed, for
+FSDP2), peak memory per rank, bytes per step and tokens/s per rank. Middle: the same against context
+length. Bottom: the schedule's bubble fraction (`(n-1)/(m+n-1)` for GPipe and 1F1B, solid) against the
+measured idle fraction (dotted), tokens/s and bytes per step against micro-batches, and tokens/s of a
+2-stage GPipe at every split point (the seed's hand sweep), the split rules as horizontal lines.
+A sweep with one value shows one point per method.
 """
 
 SWEEPS = """\
-fig = st.plot_sweeps(table, f"{params['model']}: sweeps")
+fig = st.plot_sweeps(table)
 report.save_figure(fig, st.artifact_name(params, "sweeps"), config)
 plt.show()
 for name in ("world", "context", "microbatches", "split"):
@@ -201,18 +226,26 @@ if not scaling.empty:
 REPORTED_MD = """\
 ## The seeds' reported numbers beside ours
 
-Theirs: their GPUs, their models (GPT-2 small; a ~2B hybrid with LoRA at 4k context). Ours: this
-run's machine and model. Compare *orderings and ratios* between methods, not absolute values.
+One row per method and seed figure: `ours:` columns are this run (its machine, its model), `seed:`
+columns what seed 002 (GPT-2 small on 2 RTX 4090D; its data parallelism all-reduces every parameter,
+so it is `naive_dp` here) or seed 003 (a ~2B hybrid with LoRA at 4k context) reported on *their* GPUs;
+the last column names the seed and its setting. Compare *orderings and ratios* between methods, not
+absolute values; a blank is a figure that side did not report or run.
 """
 
 REPORTED = """\
-reported = st.reported_table()
-display(reported)
-ours = st.study(table, "methods")[["method", "world", "tokens_per_s", "tokens_per_s_per_rank", "mem_state_mb",
-                                    "mem_peak_mb"]]
-display(ours)
-report.save_table(reported, st.artifact_name(params, "reported"), config,
-                  title="Reported by seeds 002 and 003 (their hardware; numbers as stated there)")
+comparison = st.compare_reported(table)
+display(comparison)
+report.save_table(comparison, st.artifact_name(params, "vs_seeds"), config,
+                  title="Ours (this run) beside seeds 002 and 003 (their GPUs, numbers as stated there)")
+"""
+
+DISCUSSION_MD = """\
+## Discussion (generated from the table above)
+"""
+
+DISCUSSION = """\
+display(Markdown(st.discussion(table)))
 print(f"notebook total: {time.perf_counter() - notebook_started:.0f} s")
 """
 
@@ -228,10 +261,14 @@ def build() -> nbformat.NotebookNode:
         new_code_cell(RUN),
         new_markdown_cell(METHODS_MD),
         new_code_cell(METHODS),
+        new_markdown_cell(STEP_MD),
+        new_code_cell(STEP),
         new_markdown_cell(SWEEPS_MD),
         new_code_cell(SWEEPS),
         new_markdown_cell(REPORTED_MD),
         new_code_cell(REPORTED),
+        new_markdown_cell(DISCUSSION_MD),
+        new_code_cell(DISCUSSION),
     ]
     return finish_notebook(cells, "parallel-strategies")
 

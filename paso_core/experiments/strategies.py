@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import zlib
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -80,15 +81,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 #: What the seeds report (their hardware, their models): shown beside ours, never mixed in.
+#: Seed 002's data parallelism all-reduces every parameter's gradient on its own ("performs
+#: `allreduce` for every parameter in the model"): ``naive_dp`` here, not DDP's buckets.
 REPORTED = pd.DataFrame([
-    {"seed": "002", "setting": "GPT-2 small, 1 GPU", "method": "ddp", "world": 1, "tokens_per_s_per_rank": 217.8e3},
-    {"seed": "002", "setting": "GPT-2 small, 2 GPUs (rank 0)", "method": "ddp", "world": 2,
+    {"seed": "002", "setting": "GPT-2 small, RTX 4090D, 1 GPU", "method": "naive_dp", "world": 1,
+     "tokens_per_s_per_rank": 217.8e3},
+    {"seed": "002", "setting": "GPT-2 small, RTX 4090D, 2 GPUs (rank 0)", "method": "naive_dp", "world": 2,
      "tokens_per_s_per_rank": 218.5e3},
-    {"seed": "002", "setting": "GPT-2 small, 2 GPUs (rank 1)", "method": "ddp", "world": 2,
+    {"seed": "002", "setting": "GPT-2 small, RTX 4090D, 2 GPUs (rank 1)", "method": "naive_dp", "world": 2,
      "tokens_per_s_per_rank": 216.1e3},
-    {"seed": "002", "setting": "GPT-2 small, 2 GPUs, GPipe (forward only pipelined)", "method": "pp:gpipe",
-     "world": 2, "tokens_per_s": 17.6e3},
-    {"seed": "002", "setting": "GPT-2 small, 2 GPUs", "method": "model_parallel", "world": 2, "tokens_per_s": 30.1e3},
+    {"seed": "002", "setting": "GPT-2 small, RTX 4090D, 2 GPUs, GPipe (forward only pipelined)",
+     "method": "pp:gpipe", "world": 2, "tokens_per_s": 17.6e3},
+    {"seed": "002", "setting": "GPT-2 small, RTX 4090D, 2 GPUs", "method": "model_parallel", "world": 2,
+     "tokens_per_s": 30.1e3},
     {"seed": "003", "setting": "~2B hybrid + LoRA, 4k context, per GPU", "method": "ddp",
      "tokens_per_s_per_rank": 28.3e3, "peak_memory_gb": 41.0},
     {"seed": "003", "setting": "~2B hybrid + LoRA, 4k context, per GPU", "method": "fsdp",
@@ -98,6 +103,10 @@ REPORTED = pd.DataFrame([
     {"seed": "003", "setting": "~2B hybrid + LoRA, 2-stage GPipe, best split, whole pipeline",
      "method": "pp:gpipe", "world": 2, "tokens_per_s": 38.2e3},
 ])
+
+#: FSDP2 pads each dim-0 shard to equal size and keeps small tensors whole: its per-rank
+#: state is 1/world of the one-process state within this factor (measured ~1.0-1.1 on tiny models).
+FSDP2_MEMORY_FACTOR = 1.25
 
 #: Per-step phase columns, by the name the table uses (whichever a method writes).
 PHASES: dict[str, tuple[str, ...]] = {
@@ -383,100 +392,449 @@ def memory_scaling(table: pd.DataFrame) -> pd.DataFrame:
 
 
 SUMMARY_COLUMNS = ("method", "world", "tokens_per_s", "tokens_per_s_per_rank", "step_s", "forward_s", "backward_s",
-                   "pipeline_s", "optimizer_s", "comm_s", "mem_state_mb", "mem_peak_mb", "bytes_per_step",
-                   "bubble_schedule", "bubble_measured", "final_train_loss")
+                   "pipeline_s", "grad_sync_s", "optimizer_s", "comm_s", "mem_state_mb", "mem_peak_mb",
+                   "bytes_per_step", "bubble_schedule", "bubble_measured", "final_train_loss")
 
 
-def reported_table() -> pd.DataFrame:
-    return REPORTED.copy()
+def fsdp2_memory(table: pd.DataFrame, factor: float = FSDP2_MEMORY_FACTOR) -> pd.DataFrame:
+    """FSDP2's training state per rank relative to one replica's, beside ``1/world``, and
+    whether it lies within ``factor`` of it (either way).
+
+    Read from the world study when it ran ``fsdp2`` at two or more world sizes, else from the
+    methods study (``fsdp2`` against ``serial``), so the claim is checked at every scale.
+    """
+    scaling = memory_scaling(table)
+    rows = scaling[scaling["method"] == "fsdp2"] if not scaling.empty else scaling
+    if len(rows) >= 2:
+        out = rows[["world", "relative_state", "ideal_1_over_world"]].copy()
+        out["reference"] = f"its state at {int(rows['world'].min())} rank(s)"
+    else:
+        methods = study(table, "methods").set_index("method")
+        if not {"fsdp2", "serial"} <= set(methods.index):
+            return pd.DataFrame(columns=["world", "relative_state", "ideal_1_over_world", "reference", "within"])
+        mine, serial = methods.loc["fsdp2"], methods.loc["serial"]
+        out = pd.DataFrame([{"world": int(mine["world"]),
+                             "relative_state": mine["mem_state_mb"] / serial["mem_state_mb"],
+                             "ideal_1_over_world": serial["world"] / mine["world"], "reference": "serial's"}])
+    ideal = out["ideal_1_over_world"]
+    out["within"] = out["relative_state"].between(ideal / factor, ideal * factor)
+    return out.reset_index(drop=True)
+
+
+def compare_reported(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, seed figure): our measured values and the seed's reported ones in
+    adjacent columns, units in the names (tokens/s in thousands, as the seeds state them); a
+    method either side lacks has blanks there.
+
+    Why joined: two separate tables invite reading our CPU numbers against the wrong seed
+    row. Our values repeat on each seed row of a method (seed 002 reports two ranks).
+    """
+    ours = study(table, "methods")[["method", "world", "model", "device", "tokens_per_s", "tokens_per_s_per_rank",
+                                    "mem_peak_mb", "mem_state_mb"]]
+    seeds = REPORTED.reindex(columns=["seed", "setting", "method", "world", "tokens_per_s", "tokens_per_s_per_rank",
+                                      "peak_memory_gb"])
+    joined = ours.merge(seeds, on="method", how="outer", suffixes=("_ours", "_seed"), sort=False)
+    rank = {m: i for i, m in enumerate(dict.fromkeys([*ALL_METHODS, *ours["method"], *seeds["method"]]))}
+    joined = joined.sort_values("method", key=lambda c: c.map(rank), kind="stable").reset_index(drop=True)
+    ours_setting = joined["model"].fillna("").astype(str) + ", " + joined["device"].fillna("").astype(str)
+    source = ("seed " + joined["seed"].fillna("") + ", their GPUs: " + joined["setting"].fillna(""))
+    return pd.DataFrame({
+        "method": joined["method"],
+        "ours: setting": ours_setting.where(joined["model"].notna(), ""),
+        "ours: ranks": joined["world_ours"],
+        "seed: GPUs": joined["world_seed"],
+        "ours: throughput, job [k tokens/s]": joined["tokens_per_s_ours"] / 1e3,
+        "seed: throughput, job [k tokens/s]": joined["tokens_per_s_seed"] / 1e3,
+        "ours: per rank [k tokens/s]": joined["tokens_per_s_per_rank_ours"] / 1e3,
+        "seed: per GPU [k tokens/s]": joined["tokens_per_s_per_rank_seed"] / 1e3,
+        "ours: peak memory per rank [MiB]": joined["mem_peak_mb"],
+        "seed: peak memory per GPU [GB]": joined["peak_memory_gb"],
+        "ours: training state per rank [MiB]": joined["mem_state_mb"],
+        "seed (their GPUs)": source.where(joined["seed"].notna(), ""),
+    })
+
+
+#: The disjoint intervals a method's loop times in one step, in drawing order (column, label).
+STEP_SEGMENTS: tuple[tuple[str, str], ...] = (
+    ("forward_s", "forward"),
+    ("backward_s", "backward (gradient sync of DP engines inside)"),
+    ("pipeline_s", "pipelined forward + backward (+ point-to-point)"),
+    ("grad_sync_s", "gradient sync (pipeline replicas, tied weights)"),
+    ("optimizer_s", "optimizer"),
+    ("rest_s", "rest of step (loss all-reduce, bookkeeping; all of it if no phase is timed)"),
+)
+
+
+def step_split(table: pd.DataFrame) -> pd.DataFrame:
+    """Seconds per step of each methods-study run split into the intervals its loop times,
+    the remainder of the median step in ``rest_s``, and ``comm_s`` (time inside metered
+    communication calls) beside them.
+
+    Why ``comm_s`` is not a slice: it overlaps the intervals (naive DP's per-parameter
+    all-reduces run inside backward, the pipeline's gradient sync is its own interval), so
+    stacking it would count it twice; engine collectives (DDP buckets, FSDP gathers, TP)
+    overlap compute and stay inside forward/backward.
+    """
+    methods = study(table, "methods")
+    out = methods[["method", "world"]].copy()
+    timed = [c for c, _ in STEP_SEGMENTS if c != "rest_s"]
+    for column in timed:
+        out[column] = methods[column].astype(float).fillna(0.0)
+    out["rest_s"] = (methods["step_s"].astype(float) - out[timed].sum(axis=1)).clip(lower=0.0)
+    out["step_s"] = methods["step_s"].astype(float)
+    out["comm_s"] = methods["comm_s"].astype(float)
+    return out
+
+
+# =========================================================================== discussion
+# Each ``_*_point`` writes one bullet of :func:`discussion` from the table, or ``None`` when
+# its study did not run, so a partial run (the benchmark's two studies) still reads right.
+def _on_gpu(table: pd.DataFrame) -> bool:
+    """Whether any run used a GPU: the caveat and the axis labels depend on it."""
+    return bool(table["device"].astype(str).str.startswith("cuda").any())
+
+
+def _mib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**20:.3g} MiB"
+
+
+def _rate(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _names(rows: pd.DataFrame) -> str:
+    return ", ".join(f"`{m}`" for m in rows["method"])
+
+
+def _memory_point(methods: pd.DataFrame) -> str | None:
+    rows = methods.dropna(subset=["mem_state_mb"])
+    if rows.empty:
+        return None
+    low = rows["mem_state_mb"].min()
+    least = rows[np.isclose(rows["mem_state_mb"], low, rtol=1e-6)]
+    text = (f"**Training state per rank** (parameters + gradients + optimizer state): {_names(least)} "
+            f"({'/'.join(str(int(w)) for w in least['world'])} ranks) {'hold' if len(least) > 1 else 'holds'} "
+            f"the least, {low:.3g} MiB")
+    serial = rows[rows["method"] == "serial"]
+    if not serial.empty:
+        base = float(serial["mem_state_mb"].iloc[0])
+        text += f", {base / low:.2f}x less than `serial`'s {base:.3g} MiB"
+    return text + "."
+
+
+def _fsdp2_point(table: pd.DataFrame) -> str | None:
+    check = fsdp2_memory(table)
+    if len(check) > 1:
+        check = check[check["world"] > check["world"].min()]
+    if check.empty:
+        return None
+    verdict = "falls as about 1/world" if check["within"].all() else "does **not** fall as 1/world"
+    points = "; ".join(f"at {int(r.world)} ranks {r.relative_state:.3f} of {r.reference} (1/world: "
+                       f"{r.ideal_1_over_world:.3f})" for r in check.itertuples())
+    return f"**FSDP2** per-rank state {verdict} (measured, within a factor {FSDP2_MEMORY_FACTOR:g}): {points}."
+
+
+def _bytes_point(methods: pd.DataFrame) -> str | None:
+    rows = methods.dropna(subset=["bytes_per_step"]).sort_values("bytes_per_step", ascending=False, kind="stable")
+    if rows.empty:
+        return None
+    ranking = ", ".join(f"`{r.method}` {_mib(r.bytes_per_step)}" for r in rows.itertuples())
+    return ("**Bytes per step** sent by the busiest rank (point-to-point measured, collectives by formula), "
+            f"most first: {ranking}.")
+
+
+def _bubble_point(table: pd.DataFrame) -> str | None:
+    methods = study(table, "methods").dropna(subset=["bubble_schedule"])
+    if methods.empty:
+        return None
+    above = int((methods["bubble_measured"] > methods["bubble_schedule"]).sum())
+    each = "; ".join(f"`{r.method}` ({int(r.world)} ranks"
+                     + (f", {int(r.microbatches)} micro-batches" if pd.notna(r.microbatches) else "")
+                     + f") {r.bubble_schedule:.3f} vs {r.bubble_measured:.3f}" for r in methods.itertuples())
+    text = (f"**Pipeline bubble**, schedule vs measured idle fraction: {each}; measured above the schedule's "
+            f"in {above} of {len(methods)}.")
+    micro = study(table, "microbatches").dropna(subset=["bubble_schedule"])
+    for method, group in micro.groupby("method", sort=False):
+        group = group.sort_values("microbatches")
+        if len(group) > 1:
+            a, b = group.iloc[0], group.iloc[-1]
+            text += (f" From {int(a['microbatches'])} to {int(b['microbatches'])} micro-batches, `{method}`'s "
+                     f"schedule bubble goes {a['bubble_schedule']:.3f} -> {b['bubble_schedule']:.3f}, measured "
+                     f"{a['bubble_measured']:.3f} -> {b['bubble_measured']:.3f}.")
+    return text
+
+
+def _split_point(table: pd.DataFrame) -> str | None:
+    split = study(table, "split")
+    fixed = split[split["x"].astype(str).str.startswith("[")].dropna(subset=["tokens_per_s"])
+    if fixed.empty:
+        return None
+    best = fixed.loc[fixed["tokens_per_s"].idxmax()]
+    worst = fixed.loc[fixed["tokens_per_s"].idxmin()]
+    text = (f"**Split sweep** (2-stage GPipe, {len(fixed)} split points): the fastest split is {best['split_points']} "
+            f"at {_rate(best['tokens_per_s'])} tokens/s, the slowest {worst['split_points']} at "
+            f"{_rate(worst['tokens_per_s'])}.")
+    at = fixed.set_index("split_points")["tokens_per_s"]
+    for rule in ("uniform", "params", "time"):
+        chosen = split.loc[split["x"] == rule, "split_points"]
+        if chosen.empty:
+            continue
+        points = chosen.iloc[0]
+        if points == best["split_points"]:
+            text += f" `{rule}` chose {points}, the fastest point."
+        elif points in at.index:
+            text += (f" `{rule}` chose {points}, not the fastest ({at[points] / best['tokens_per_s']:.2f}x its "
+                     "tokens/s in the sweep).")
+        else:
+            text += f" `{rule}` chose {points}, a split the sweep did not run."
+    return text
+
+
+def _speed_point(table: pd.DataFrame, methods: pd.DataFrame) -> str | None:
+    rows = methods.dropna(subset=["tokens_per_s"]).sort_values("tokens_per_s", ascending=False, kind="stable")
+    if rows.empty:
+        return None
+    order = " > ".join(f"`{r.method}` {_rate(r.tokens_per_s)}" for r in rows.itertuples())
+    text = f"**Tokens/s** (whole job), fastest first: {order}."
+    serial = rows[rows["method"] == "serial"]
+    fastest = rows.iloc[0]
+    if not serial.empty and fastest["method"] != "serial":
+        ratio = fastest["tokens_per_s"] / serial["tokens_per_s"].iloc[0]
+        text += f" `{fastest['method']}` ran {ratio:.2f}x `serial`'s tokens/s."
+    return text + " " + cpu_caveat(table)
+
+
+def discussion(table: pd.DataFrame) -> str:
+    """A short Markdown discussion of the runs, every number read from ``table``.
+
+    Why generated: conclusions typed into a notebook go stale as soon as it reruns with other
+    parameters or on other hardware; this text follows the table it sits beside. A study
+    that did not run leaves its point out.
+    """
+    methods = study(table, "methods")
+    runs = table["path"].nunique() if "path" in table else len(table)  # a shared sweep point ran once
+    lines = [f"From {runs} runs ({setting(table)}):", ""]
+    points = (_memory_point(methods), _fsdp2_point(table), _bytes_point(methods), _bubble_point(table),
+              _split_point(table), _speed_point(table, methods))
+    lines += [f"- {p}" for p in points if p]
+    return "\n".join(lines)
 
 
 # =========================================================================== figures
-def _plot_lines(ax: Any, frame: pd.DataFrame, x: str, y: str, *, logx: bool = False) -> None:
-    for method, group in frame.groupby("method", sort=False):
-        group = group.sort_values(x)
-        ax.plot(group[x].astype(float), group[y].astype(float), marker="o", label=method)
-    if logx:
+#: Families colour the bar charts, so bars of one kind of parallelism read as a group.
+FAMILIES = {"serial": "one process", "naive_dp": "replicated data parallel", "ddp": "replicated data parallel",
+            "fsdp": "sharded data parallel", "fsdp2": "sharded data parallel", "tp": "tensor parallel",
+            "fsdp2_tp": "sharded x tensor", "pp": "pipeline", "model_parallel": "pipeline"}
+_MARKERS = ("o", "s", "D", "^", "v", "<", ">", "P", "X", "*", "h")
+_LINESTYLES = ("-", "--", "-.", ":")
+
+
+def method_style(method: str) -> dict[str, Any]:
+    """Colour, hollow marker, marker size and line style of a method, the same in every
+    figure; neighbours differ in all of them, so equal curves (``ddp`` and ``naive_dp`` hold
+    the same state) stay visible on top of each other."""
+    i = ALL_METHODS.index(method) if method in ALL_METHODS else len(ALL_METHODS) + zlib.crc32(method.encode()) % 13
+    return {"color": f"C{i % 10}", "marker": _MARKERS[i % len(_MARKERS)], "markersize": 10 - 2 * (i % 3),
+            "markerfacecolor": "none", "linestyle": _LINESTYLES[i % len(_LINESTYLES)]}
+
+
+def setting(table: pd.DataFrame) -> str:
+    """The setting every figure title names: model, LoRA, context, batch, steps, device."""
+    methods = study(table, "methods")
+    head = (methods if not methods.empty else table).iloc[0]
+    lora = f", LoRA {head['lora']}" if head.get("lora") else ""
+    return (f"{head['model']}{lora}, context {int(head['block_size'])} tokens, global batch {int(head['batch_size'])}, "
+            f"{int(head['steps'])} steps, {'GPU' if _on_gpu(table) else 'CPU'}")
+
+
+def _integer_axis(ax: Any, values: Iterable[Any], *, log2: bool = False) -> None:
+    """Ticks at exactly the integer values the x axis takes (world sizes, context lengths...)."""
+    from matplotlib.ticker import NullLocator
+
+    ticks = sorted({int(v) for v in values if pd.notna(v)})
+    if log2 and len(ticks) > 1 and ticks[0] > 0:
         ax.set_xscale("log", base=2)
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def _empty(ax: Any, title: str, why: str) -> None:
+    ax.set_title(title)
+    ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, fontsize=9)
+    ax.set_axis_off()
+
+
+def _plot_lines(ax: Any, frame: pd.DataFrame, x: str, y: str, *, title: str, xlabel: str, ylabel: str,
+                scale: float = 1.0, log2: bool = False) -> None:
+    """One line per method (its own style), integer x ticks, labelled axes, a legend."""
+    drawn = False
+    for method, group in frame.groupby("method", sort=False):
+        group = group.dropna(subset=[y]).sort_values(x)
+        if not group.empty:
+            ax.plot(group[x].astype(float), group[y].astype(float) * scale, label=method, **method_style(method))
+            drawn = True
+    if not drawn:
+        _empty(ax, title, f"no {ylabel} measured")
+        return
+    _integer_axis(ax, frame[x], log2=log2)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
-def plot_methods(table: pd.DataFrame, title: str) -> Any:
-    """Four panels that transfer from CPU first (memory per rank, bytes per step, bubble),
-    tokens/s last (on shared CPU cores it measures overheads, not GPU speed-ups)."""
+def _family_bars(ax: Any, frame: pd.DataFrame, column: str, *, title: str, xlabel: str, scale: float = 1.0) -> None:
+    from matplotlib.patches import Patch
+
+    families = frame["method"].map(lambda m: FAMILIES.get(m.split(":")[0], "other"))
+    colours = {f: f"C{i}" for i, f in enumerate(dict.fromkeys(FAMILIES.values()))}
+    values = frame[column].astype(float).fillna(0.0) * scale
+    ax.barh(_bar_labels(frame), values, color=[colours.get(f, "gray") for f in families])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.6 * max(float(values.max()), 1e-12))  # room on the right for the legend
+    ax.set(title=title, xlabel=xlabel)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(handles=[Patch(color=colours.get(f, "gray"), label=f) for f in dict.fromkeys(families)], fontsize=8,
+              loc="best")
+
+
+def _bar_labels(frame: pd.DataFrame) -> pd.Series:
+    return frame["method"] + frame["world"].map(lambda w: f" ({int(w)} rank{'s' if int(w) != 1 else ''})")
+
+
+def plot_methods(table: pd.DataFrame, title: str | None = None) -> Any:
+    """Every method side by side: the panels that transfer from CPU first (memory per rank,
+    bytes per step, bubble), tokens/s last (on shared CPU cores it measures overheads)."""
     import matplotlib.pyplot as plt
 
     frame = study(table, "methods")
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
-    labels = frame["method"] + " (" + frame["world"].astype(str) + ")"
-    panels = [("mem_state_mb", "training state per rank [MB]"), ("bytes_per_step", "bytes sent per step (busiest rank)"),
-              ("bubble_schedule", "pipeline bubble (schedule)"), ("tokens_per_s", "tokens/s (whole job)")]
-    for ax, (column, label) in zip(axes, panels):
-        ax.barh(labels, frame[column].astype(float).fillna(0.0))
-        ax.set_xlabel(label)
+    fig, axes = plt.subplots(2, 3, figsize=(20, 10), layout="constrained")
+    _family_bars(axes[0, 0], frame, "mem_state_mb", title="training state per rank (max over ranks)",
+                 xlabel="parameters + gradients + optimizer state [MiB]")
+    _family_bars(axes[0, 1], frame, "mem_peak_mb", title="peak memory per rank (max over ranks)",
+                 xlabel=f"{'CUDA allocator peak' if _on_gpu(table) else 'peak resident set (launch maximum)'} [MiB]")
+    _family_bars(axes[0, 2], frame, "bytes_per_step", title="bytes sent per step by the busiest rank",
+                 xlabel="bytes per step [MiB]", scale=2.0**-20)
+    pipe = frame.dropna(subset=["bubble_schedule"])
+    ax = axes[1, 0]
+    if pipe.empty:
+        _empty(ax, "pipeline bubble", "no pipeline method ran")
+    else:
+        y = np.arange(len(pipe))
+        ax.barh(y - 0.2, pipe["bubble_schedule"], height=0.4, label="schedule", color="C0")
+        ax.barh(y + 0.2, pipe["bubble_measured"].fillna(0.0), height=0.4, label="measured idle", color="C1",
+                hatch="//")
+        ax.set_yticks(y, _bar_labels(pipe))
         ax.invert_yaxis()
+        ax.set(title="pipeline bubble", xlabel="idle fraction of the step [0-1]")
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
+        ax.legend(fontsize=8)
+    _family_bars(axes[1, 1], frame, "tokens_per_s", title="throughput, whole job",
+                 xlabel="tokens/s, whole job [tokens/s]")
+    _family_bars(axes[1, 2], frame, "tokens_per_s_per_rank", title="throughput per rank",
+                 xlabel="tokens/s per rank [tokens/s]")
+    fig.suptitle(f"Every method side by side: {title or setting(table)}")
     return fig
 
 
-def plot_sweeps(table: pd.DataFrame, title: str) -> Any:
-    """World size, context length, micro-batches and the split sweep, one panel each."""
+def plot_step_split(table: pd.DataFrame, title: str | None = None) -> Any:
+    """Stacked bars of each method's step (:func:`step_split`), and below each bar the time
+    inside metered communication calls, which overlaps the slices."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(18, 9))
-    world = study(table, "world")
-    if not world.empty:
-        _plot_lines(axes[0, 0], world, "world", "mem_state_mb")
-        scaling = memory_scaling(table)
-        for method, group in scaling.groupby("method", sort=False):
-            first = group.iloc[0]
-            if method.startswith("fsdp2"):
-                axes[0, 0].plot(group["world"], first["mem_state_mb"] * group["ideal_1_over_world"], "k--",
-                                label=f"{method}: 1/world")
-        axes[0, 0].set_title("training state per rank vs world size")
-        axes[0, 0].legend(fontsize=8)
-        _plot_lines(axes[0, 1], world, "world", "tokens_per_s_per_rank")
-        axes[0, 1].set_title("tokens/s per rank vs world size")
-    context = study(table, "context")
-    if not context.empty:
-        _plot_lines(axes[0, 2], context, "block_size", "tokens_per_s_per_rank", logx=True)
-        axes[0, 2].set_title("tokens/s per rank vs context length")
-        axes[0, 2].legend(fontsize=8)
+    split = step_split(table)
+    fig, ax = plt.subplots(figsize=(12, 0.55 * len(split) + 3.5), layout="constrained")
+    y = np.arange(len(split), dtype=float)
+    left = np.zeros(len(split))
+    for i, (column, label) in enumerate(STEP_SEGMENTS):
+        values = split[column].to_numpy(dtype=float)
+        if np.any(values > 0):
+            ax.barh(y, values, left=left, height=0.55, label=label, color=f"C{i}")
+        left += values
+    ax.barh(y + 0.42, split["comm_s"].fillna(0.0), height=0.2, color="k", alpha=0.6, hatch="..",
+            label="inside communication calls (overlaps the slices)")
+    ax.set_yticks(y, _bar_labels(split))
+    ax.invert_yaxis()
+    ax.set(xlabel="time per step [s] (median over steps; each phase the maximum over ranks)",
+           title=f"Step time split: {title or setting(table)}")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
+    return fig
+
+
+def plot_sweeps(table: pd.DataFrame, title: str | None = None) -> Any:
+    """One row per sweep: world size and context length (state and peak per rank, bytes per
+    step, tokens/s per rank), then micro-batches (bubble, tokens/s, bytes) and the split."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 4, figsize=(24, 15), layout="constrained")
+    state, peak = "training state per rank [MiB]", "peak memory per rank [MiB]"
+    sent, speed = "bytes per step, busiest rank [MiB]", "tokens/s per rank [tokens/s]"
+    per_step = "micro-batches per step [count]"
+    for row, (name, x, xlabel, log2) in enumerate((("world", "world", "world size [ranks]", False),
+                                                   ("context", "block_size", "context length [tokens]", True))):
+        frame = study(table, name)
+        label = "world size" if name == "world" else "context length"
+        if frame.empty:
+            for ax in axes[row]:
+                _empty(ax, f"against {label}", f"the {name} study did not run")
+            continue
+        fixed = (f"context {int(frame['block_size'].iloc[0])}" if name == "world"
+                 else f"{'/'.join(map(str, sorted(frame['world'].astype(int).unique())))} ranks")
+        for ax, (y, ylabel, scale) in zip(axes[row], (("mem_state_mb", state, 1.0), ("mem_peak_mb", peak, 1.0),
+                                                      ("bytes_per_step", sent, 2.0**-20),
+                                                      ("tokens_per_s_per_rank", speed, 1.0))):
+            _plot_lines(ax, frame, x, y, title=f"{ylabel.split(' [')[0]} vs {label} ({fixed})", xlabel=xlabel,
+                        ylabel=ylabel, scale=scale, log2=log2)
+    scaling = memory_scaling(table)
+    for method, group in (scaling.groupby("method", sort=False) if not scaling.empty else ()):
+        if method.startswith("fsdp2") and len(group) > 1:
+            axes[0, 0].plot(group["world"], group["mem_state_mb"].iloc[0] * group["ideal_1_over_world"], "k--", lw=1,
+                            label=f"{method}: 1/world")
+            axes[0, 0].legend(fontsize=8)
     micro = study(table, "microbatches")
-    if not micro.empty:
+    if micro.empty:
+        for ax in axes[2, :3]:
+            _empty(ax, "against micro-batches", "the microbatches study did not run")
+    else:
+        ax = axes[2, 0]
         for method, group in micro.groupby("method", sort=False):
             group = group.sort_values("microbatches")
-            line, = axes[1, 0].plot(group["microbatches"], group["bubble_schedule"], marker="o",
-                                    label=f"{method} schedule")
-            axes[1, 0].plot(group["microbatches"], group["bubble_measured"], marker="x", ls=":",
-                            color=line.get_color(), label=f"{method} measured")
-        axes[1, 0].set_xscale("log", base=2)
-        axes[1, 0].set_xlabel("micro-batches")
-        axes[1, 0].set_ylabel("bubble fraction")
-        axes[1, 0].set_title("pipeline bubble vs micro-batches")
-        axes[1, 0].legend(fontsize=8)
-        axes[1, 0].grid(alpha=0.3)
-        _plot_lines(axes[1, 1], micro, "microbatches", "tokens_per_s", logx=True)
-        axes[1, 1].set_title("pipeline tokens/s vs micro-batches")
-        axes[1, 1].legend(fontsize=8)
-    split = study(table, "split")
-    if not split.empty:
-        points = split[split["x"].str.startswith("[")]
-        axes[1, 2].plot(points["split_points"], points["tokens_per_s"], marker="o", label="fixed split point")
-        for _, r in split[~split["x"].str.startswith("[")].iterrows():
-            axes[1, 2].axhline(r["tokens_per_s"], ls="--", lw=1, color="gray")
-            axes[1, 2].annotate(f"split={r['x']} {r['split_points']}", (0, r["tokens_per_s"]), fontsize=8)
-        axes[1, 2].set_xlabel("stage 1 starts at block")
-        axes[1, 2].set_ylabel("tokens/s (2-stage GPipe)")
-        axes[1, 2].set_title("split sweep")
-        axes[1, 2].grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
+            style = method_style(method)
+            ax.plot(group["microbatches"], group["bubble_schedule"], color=style["color"], marker=style["marker"],
+                    markerfacecolor="none", ls="-", label=f"{method}: schedule")
+            ax.plot(group["microbatches"], group["bubble_measured"], color=style["color"], marker="x", ls=":",
+                    label=f"{method}: measured")
+        _integer_axis(ax, micro["microbatches"], log2=True)
+        ax.set(title=f"pipeline bubble vs micro-batches ({int(micro['world'].max())} ranks)",
+               xlabel=per_step, ylabel="idle fraction of the step [0-1]")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        _plot_lines(axes[2, 1], micro, "microbatches", "tokens_per_s", title="pipeline tokens/s vs micro-batches",
+                    xlabel=per_step, ylabel="tokens/s, whole job [tokens/s]", log2=True)
+        _plot_lines(axes[2, 2], micro, "microbatches", "bytes_per_step",
+                    title="pipeline bytes per step vs micro-batches",
+                    xlabel=per_step, ylabel=sent, scale=2.0**-20, log2=True)
+    _plot_split(axes[2, 3], study(table, "split"))
+    fig.suptitle(f"Sweeps: {title or setting(table)}")
     return fig
+
+
+def _plot_split(ax: Any, split: pd.DataFrame) -> None:
+    """Tokens/s of a 2-stage GPipe at every split point; the split rules as horizontal lines."""
+    if split.empty:
+        _empty(ax, "split sweep", "the split study did not run")
+        return
+    fixed = split[split["x"].astype(str).str.startswith("[")]
+    points = fixed["x"].map(lambda x: json.loads(x)[0])
+    ax.plot(points, fixed["tokens_per_s"], marker="o", color="C0", label="fixed split point")
+    for i, r in enumerate(split[~split["x"].astype(str).str.startswith("[")].itertuples()):
+        ax.axhline(r.tokens_per_s, ls=_LINESTYLES[(i + 1) % len(_LINESTYLES)], lw=1.2, color=f"C{i + 1}",
+                   label=f"rule {r.x}: split {r.split_points}")
+    _integer_axis(ax, points)
+    ax.set(title="2-stage GPipe split sweep", xlabel="split point: first block of stage 2 [block index]",
+           ylabel="tokens/s, whole job [tokens/s]")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 # =========================================================================== provenance
@@ -493,9 +851,11 @@ def artifact_config(plan: Plan, results: Sequence[tuple[PlannedRun, RunResult]])
 
 def cpu_caveat(table: pd.DataFrame) -> str:
     """What the timings mean, generated from the runs' device."""
-    on_gpu = table["device"].astype(str).str.startswith("cuda").any()
-    return ("These runs used " + ("GPUs" if on_gpu else "CPU processes only") + ". "
-            "On a CPU with 2 shared cores every worker competes for the same cores, so tokens/s shows the "
-            "overheads of each strategy (collectives, schedule ticks, sharding), not the speed-ups the seeds "
-            "measured on GPUs. Memory per rank, bytes per step and the schedule's bubble fraction do not depend "
-            "on the hardware and are the figures that transfer.")
+    transfer = ("Memory per rank, bytes per step and the schedule's bubble fraction do not depend on the hardware "
+                "and are the figures that transfer.")
+    if _on_gpu(table):
+        return ("These runs used GPUs: tokens/s depends on the GPUs and their interconnect, so compare orderings "
+                "and ratios with the seeds', not absolute values. " + transfer)
+    return ("These runs used CPU processes only. On a CPU with 2 shared cores every worker competes for the same "
+            "cores, so tokens/s shows the overheads of each strategy (collectives, schedule ticks, sharding), not "
+            "the speed-ups the seeds measured on GPUs. " + transfer)
