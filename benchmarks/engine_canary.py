@@ -31,6 +31,10 @@ METHOD_OPTIONS = {"serial": {}, "grad_accum": {"micro_batches": 2}, "optex": {"P
 INTRA_STEP_OPTIONS = {"fsdp": {"nproc": 2}, "fsdp2": {"nproc": 2}, "tp": {"nproc": 2},
                       "fsdp2_tp": {"nproc": 4, "tp": 2}, "pp": {"nproc": 2, "microbatches": 2},
                       "model_parallel": {"nproc": 2}}
+#: the asynchronous pipelines, on the digits CNN (untied weights: a tied LM head is one copy per
+#: stage there, as in PipeDream); their first mini-batch runs on the initial weights everywhere.
+#: SpecTrain predicts with the SGD-momentum velocity, so it is checked with momentum.
+ASYNC_OPTIONS = {"pipeoptim": {}, "pipedream": {}, "async_nostash": {}, "spectrain": {"optimizer": "momentum"}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             "eval_test": False}
     cases = [canary_case(m, args.rtol, **shared, **opts) for m, opts in METHOD_OPTIONS.items()]
     cases += [canary_case(m, args.rtol, **text, **opts) for m, opts in INTRA_STEP_OPTIONS.items()]
+    digits = {"task": "vision", "dataset": "digits", "model": "cnn", "batch_size": args.batch_size, "seed": 0,
+              "stages": 2, "nproc": 2}
+    cases += [canary_case(m, args.rtol, **digits, **opts) for m, opts in ASYNC_OPTIONS.items()]
     with tempfile.TemporaryDirectory() as tmp:
         table = run_matrix(cases, tmp)
     root = Path(args.out) / "tables" if args.out else None

@@ -24,15 +24,12 @@ Writes ``<out>/tables/vision_pipeline.{csv,md,json}``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
-import platform
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -47,6 +44,7 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
+from paso_core import report  # noqa: E402
 from paso_core.config import RunConfig  # noqa: E402
 from paso_core.tasks.vision import VisionTask  # noqa: E402
 from paso_core.tasks.vision_data import (  # noqa: E402
@@ -256,48 +254,22 @@ def summarise(pipe: Pipeline, record: list[Timing], device: torch.device, data_l
 
 
 # --------------------------------------------------------------------------- output
-def markdown_table(df: pd.DataFrame) -> str:
-    """A GitHub pipe table (pandas' to_markdown needs the optional ``tabulate`` package)."""
-    cells = [[str(c) for c in df.columns]] + [[str(v) for v in rec] for rec in df.itertuples(index=False)]
-    lines = ["| " + " | ".join(r) + " |" for r in cells]
-    lines.insert(1, "|" + "|".join("---" for _ in df.columns) + "|")
-    return "\n".join(lines) + "\n"
-
-
 def write_outputs(out: Path, rows: list[dict[str, Any]], config: dict[str, Any]) -> Path:
+    """The table as CSV, Markdown and JSON through :func:`paso_core.report.save_table`, so the
+    JSON carries the same provenance (commit, stack, CPU model, world size) as every artifact."""
     tables = out / "tables"
-    tables.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(rows)
-    df.to_csv(tables / f"{TABLE_NAME}.csv", index=False)
-    env = config["environment"]
-    title = (
-        f"# Vision input pipeline throughput\n\n"
-        f"Data: {config['data']}. Device: {env['device']}; {env['torch_threads']} torch thread(s) in the "
-        f"main process; {env['cpu_count']} CPUs. images_per_s is the median of {config['args']['repeats']} "
-        f"round-robin repeats of {config['args']['seconds']} s each (min/max alongside). Load average at "
-        f"start {config['load_average_1_5_15_min_at_start']}: other processes on the machine lower and "
-        f"scatter the numbers. setup_s: loading the data (tensor) or building the dataset (DataLoader); "
-        f"first_warmup_s: the untimed first batches, including DataLoader worker start-up.\n\n"
+    threads = torch.get_num_threads()
+    notes = (
+        f"Data: {config['data']}. Device: {config['device']}; {threads} torch thread(s) in the main process; "
+        f"{os.cpu_count()} CPUs. images_per_s is the median of {config['args']['repeats']} round-robin repeats of "
+        f"{config['args']['seconds']} s each (min/max alongside). Load average at start "
+        f"{config['load_average_1_5_15_min_at_start']}: other processes on the machine lower and scatter the "
+        "numbers. setup_s: loading the data (tensor) or building the dataset (DataLoader); first_warmup_s: the "
+        "untimed first batches, including DataLoader worker start-up."
     )
-    (tables / f"{TABLE_NAME}.md").write_text(title + markdown_table(df))
-    (tables / f"{TABLE_NAME}.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    report.save_table(pd.DataFrame(rows), TABLE_NAME, config, root=tables, title="Vision input pipeline throughput",
+                      notes=notes, world_size=1, threads=threads)
     return tables
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "utc_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "load_average_1_5_15_min_at_end": [round(v, 2) for v in os.getloadavg()],
-    }
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    return env
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -352,11 +324,11 @@ def main(argv: list[str] | None = None) -> int:
             real_root = None
             data_label = f"synthetic: {len(images)} digits upsampled to 3x32x32 uint8"
         rows = run_benchmark(args, device, data_root, real_root, data_label)
-    config = {"args": vars(args), "data": data_label, "environment": environment(device),
+    config = {"args": vars(args), "data": data_label, "device": str(device), "torchvision": torchvision.__version__,
               "load_average_1_5_15_min_at_start": load_at_start,
               "augmentation": "RandomCrop(32, padding=4, zero fill) + RandomHorizontalFlip + Normalize(CIFAR-10)"}
     tables = write_outputs(Path(args.out), rows, config)
-    print(markdown_table(pd.DataFrame(rows)))
+    print(report.to_markdown(pd.DataFrame(rows)))
     print(f"wrote {tables / TABLE_NAME}.csv, .md, .json")
     return 0
 

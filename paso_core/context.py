@@ -13,12 +13,12 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 
 from .config import RunConfig
-from .distributed import Comm
+from .distributed import ByteMeter, Comm
 from .metrics import check_row
 from .parallel import ParallelDims
 
@@ -31,6 +31,43 @@ class NonFiniteLoss(RuntimeError):
 
 class StopRequested(Exception):
     """``stop_after`` was reached: the run stops early, checkpoint written (tests resume it)."""
+
+
+class Lap(NamedTuple):
+    """One phase of an iteration: its wall seconds and the metered communication inside them."""
+
+    wall: float
+    comm: float
+
+    @property
+    def compute(self) -> float:
+        """The phase without its communication (what ``time_compute_s`` may count)."""
+        return self.wall - self.comm
+
+
+class IterationClock:
+    """An iteration's phases timed with the metered communication inside each.
+
+    Why: the schema's ``time_compute_s``, ``time_comm_s`` and the optimizer's time must be
+    disjoint; a phase that contains a collective (naive DP's all-reduce after backward, the
+    pipeline's clip-norm all-reduce) would otherwise count it twice.
+    """
+
+    def __init__(self, meter: ByteMeter) -> None:
+        self.meter = meter
+        self.start = time.perf_counter()
+        self._wall, self._comm = self.start, meter.seconds
+
+    def lap(self) -> Lap:
+        """The phase since the previous lap (or the start)."""
+        wall, comm = time.perf_counter(), self.meter.seconds
+        phase = Lap(wall - self._wall, comm - self._comm)
+        self._wall, self._comm = wall, comm
+        return phase
+
+    def elapsed(self) -> float:
+        """Wall seconds since the start, communication included."""
+        return time.perf_counter() - self.start
 
 
 @dataclass
@@ -51,7 +88,7 @@ class WorkerContext:
     train_time_s: float = 0.0       # sum of every iteration's time_iteration_s (checkpointed)
     bytes_iter_max: int = 0         # the most bytes any rank sent in one iteration so far
     _metrics_file: Any = None
-    _comm_seconds_at_gather: float = 0.0
+    _comm_mark: float = 0.0            # meter seconds when the iteration's comm time started
     _groups: dict[str, Comm] = field(default_factory=dict)
 
     @property
@@ -106,6 +143,12 @@ class WorkerContext:
         self._metrics_file.write(json.dumps(row, default=float) + "\n")
         self._metrics_file.flush()
 
+    def start_iteration(self) -> IterationClock:
+        """Start an iteration's clock; its ``time_comm_s`` then counts communication from
+        here (without it: since the previous :meth:`gather_iteration`)."""
+        self._comm_mark = self.comm.meter.seconds
+        return IterationClock(self.comm.meter)
+
     def gather_iteration(self, time_compute_s: float, extra: Sequence[float] = ()
                          ) -> tuple[dict[str, float], torch.Tensor]:
         """The one all-gather of an iteration (collective: every rank calls it).
@@ -115,7 +158,7 @@ class WorkerContext:
         the method's ``extra`` values of every rank (rows: ranks of the world).
         """
         meter = self.comm.meter
-        comm_s, self._comm_seconds_at_gather = meter.seconds - self._comm_seconds_at_gather, meter.seconds
+        comm_s, self._comm_mark = meter.seconds - self._comm_mark, meter.seconds
         local = [float(meter.since_mark()), float(meter.measured), float(meter.modelled),
                  float(time_compute_s), comm_s, *map(float, extra)]
         gathered = self.comm.all_gather_floats(local)

@@ -113,6 +113,7 @@ class ByteMeter:
     measured: int = 0
     modelled: int = 0
     seconds: float = 0.0
+    delay_s: float = 0.0  # test hook (inject_fault kind 'slow_comm'): added to every timed call
     _at_mark: int = 0
 
     @property
@@ -168,6 +169,8 @@ class Comm:
         try:
             yield
         finally:
+            if self.meter.delay_s:
+                time.sleep(self.meter.delay_s)
             self.meter.seconds += time.perf_counter() - tic
 
     @staticmethod

@@ -8,13 +8,16 @@ case here runs a method for a few steps and compares its final weights with plai
 
 The measure is the relative error of the *displacement* ``x_T - x_0`` (with ``lr = 1`` SGD
 and one step, that is the first gradient itself): comparing weights would hide an engine
-error behind the size of the initial weights.
+error behind the size of the initial weights. The training loss of the last logged step
+must match serial's too (relative error within ``max(rtol, LOSS_RTOL)``), so a forward that
+is wrong where the update happens to be right is caught as well.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +39,22 @@ SCAN_ROUNDING_RTOL = 1e-6
 CANARY_OPTIONS: dict[str, Any] = dict(optimizer="sgd", lr=1.0, steps=1, lr_schedule="constant", warmup_steps=0)
 #: Rounding of a sum of per-shard gradients against the full-batch one, relative L2.
 CANARY_RTOL = 1e-5
+#: The last step's training loss against serial's, relative: the mean of per-shard (or
+#: per-micro-batch) float32 losses rounds differently from the full batch's (measured ~1e-7).
+#: A case with a looser ``rtol`` (bf16 compute) allows that on the loss too.
+LOSS_RTOL = 1e-5
 
 
 class CanaryFailed(RuntimeError):
-    """An engine's first step differs from serial training's."""
+    """An engine's first step differs from serial training's.
+
+    The message always names the torch version (and the device/backend when known): an
+    engine can be right on one torch and wrong on another (FSDP2 on gloo in 2.7-2.8).
+    """
+
+    def __init__(self, message: str, engine: str | None = None) -> None:
+        engine = engine or f"torch {torch.__version__}"
+        super().__init__(message if engine in message else f"{message} [{engine}]")
 
 
 @dataclass(frozen=True)
@@ -52,7 +67,9 @@ class Case:
     note: str = ""
 
     def config(self, root: Path) -> RunConfig:
-        data = {"progress": False, "threads_per_worker": 1, **self.options, "out_dir": str(root / self.name)}
+        # every iteration's row: the last step's loss is found from the row before it
+        data = {"progress": False, "threads_per_worker": 1, **self.options, "log_every": 1,
+                "out_dir": str(root / self.name)}
         return validate(RunConfig.from_dict(data))
 
 
@@ -66,14 +83,16 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def serial_reference(cfg: RunConfig, trajectory: list[torch.Tensor] | None = None
+def serial_reference(cfg: RunConfig, trajectory: list[torch.Tensor] | None = None,
+                     losses: list[float] | None = None
                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Initial and final state dict of plain serial training with ``torch.optim`` on the
     task's own data, on as many threads as one worker uses; appends the parameters
-    (concatenated) before every step and after the last to ``trajectory`` when given."""
+    (concatenated) before every step and after the last to ``trajectory``, and every step's
+    loss before its update to ``losses``, when given."""
     from .tasks import build_task
 
-    serial = validate(RunConfig.from_dict({**_shared_options(cfg), "method": "serial", "nproc": 1, "nnodes": 1}))
+    serial = validate(RunConfig.from_dict(_serial_options(cfg)))
     with _threads(serial.threads_per_worker or 1):
         task = build_task(serial, torch.device("cpu"))
         model = task.build_model()
@@ -88,7 +107,10 @@ def serial_reference(cfg: RunConfig, trajectory: list[torch.Tensor] | None = Non
         for step in range(serial.steps):
             record()
             optimizer.zero_grad()
-            task.loss(model, task.train_batch(step), step).backward()
+            loss = task.loss(model, task.train_batch(step), step)
+            loss.backward()
+            if losses is not None:
+                losses.append(float(loss.detach()))
             if spec.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
             set_lr(optimizer, lr_at(spec, step))
@@ -98,9 +120,35 @@ def serial_reference(cfg: RunConfig, trajectory: list[torch.Tensor] | None = Non
     return initial, final
 
 
-def _shared_options(cfg: RunConfig) -> dict[str, Any]:
+#: Run options that do not change training (where it is written, the worker's test hook).
+_NOT_TRAINING = ("out_dir", "run_name", "inject_fault")
+
+
+def _serial_options(cfg: RunConfig) -> dict[str, Any]:
+    """The options of the serial run that ``cfg`` must reproduce: its own, less the method's."""
     own = {f.name for f in dataclasses.fields(cfg.options)} if cfg.options is not None else set()
-    return {k: v for k, v in cfg.to_dict().items() if k not in own and k not in ("out_dir", "run_name")}
+    shared = {k: v for k, v in cfg.to_dict().items() if k not in own and k not in _NOT_TRAINING}
+    return {**shared, "method": "serial", "nproc": 1, "nnodes": 1}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Serial training's initial and final weights and every step's loss."""
+
+    initial: dict[str, torch.Tensor]
+    final: dict[str, torch.Tensor]
+    losses: list[float]
+
+
+def _reference(cfg: RunConfig, cache: dict[str, Reference]) -> Reference:
+    """Serial training for ``cfg``, computed once per distinct serial run (cases of several
+    methods on one model and data share it)."""
+    key = json.dumps(_serial_options(cfg), sort_keys=True, default=str)
+    if key not in cache:
+        losses: list[float] = []
+        initial, final = serial_reference(cfg, losses=losses)
+        cache[key] = Reference(initial, final, losses)
+    return cache[key]
 
 
 def compare(initial: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor],
@@ -117,6 +165,7 @@ def compare(initial: Mapping[str, torch.Tensor], reference: Mapping[str, torch.T
 
 
 def passes(case: Case, errors: Mapping[str, float], summary: Mapping[str, Any]) -> bool:
+    """Whether the final weights are as close to serial's as ``case`` requires."""
     if case.rtol == EXACT:
         if summary.get("iterations") == summary.get("steps"):
             return errors["max_abs_diff"] == 0.0
@@ -124,11 +173,58 @@ def passes(case: Case, errors: Mapping[str, float], summary: Mapping[str, Any]) 
     return errors["rel_displacement_err"] <= case.rtol
 
 
+def last_logged_loss(metrics: "Any") -> tuple[int, float]:
+    """The step whose loss the last training row holds, and that loss.
+
+    A row's ``train_loss`` is the loss of its iteration's first step, whose index is the
+    steps done after the row before (so every row is needed: :meth:`Case.config` logs each).
+    """
+    from .metrics import train_rows
+
+    rows = train_rows(metrics)
+    if rows.empty or int(rows["iteration"].iloc[-1]) != len(rows):
+        raise ValueError(f"the equivalence matrix needs a training row per iteration (log_every=1); "
+                         f"got {len(rows)} row(s)")
+    step = int(rows["steps_done"].iloc[-2]) if len(rows) > 1 else 0
+    return step, float(rows["train_loss"].iloc[-1])
+
+
+def compare_loss(case: Case, reference: Reference, metrics: "Any") -> dict[str, float]:
+    """The last logged training loss against serial's at the same step, and its bound."""
+    step, loss = last_logged_loss(metrics)
+    serial = reference.losses[step]
+    error = abs(loss - serial) / abs(serial) if serial else abs(loss)
+    return {"train_loss": loss, "serial_loss": serial, "loss_rel_err": error, "loss_rtol": max(case.rtol, LOSS_RTOL)}
+
+
+def engine_of(summary: Mapping[str, Any]) -> str:
+    """The torch version, device and backend a run used, e.g. ``torch 2.14.1 on cpu/gloo``."""
+    from .distributed import backend_for
+
+    device = str(summary.get("device", "cpu"))
+    version = summary.get("torch_version", torch.__version__)
+    return f"torch {version} on {device}/{backend_for(torch.device(device))}"
+
+
+def result_row(case: Case, cfg: RunConfig, result: "Any", reference: Reference) -> dict[str, Any]:
+    """One case's row: its run (``result``: a :class:`~paso_core.runs.RunResult`) against serial."""
+    final = torch.load(result.path / "final.pt", weights_only=True)
+    errors = compare(reference.initial, reference.final, final)
+    loss = compare_loss(case, reference, result.metrics)
+    passed = passes(case, errors, result.summary) and loss["loss_rel_err"] <= loss["loss_rtol"]
+    return {"case": case.name, "method": cfg.method, "world_size": cfg.world_size,
+            "steps": result.summary["steps"], "iterations": result.summary["iterations"],
+            **errors, "rtol": case.rtol, **loss, "passed": passed, "engine": engine_of(result.summary),
+            "note": case.note, "path": str(result.path)}
+
+
 def run_matrix(cases: Sequence[Case], root: str | Path) -> "Any":
     """Run every case (one torchrun launch per world size) and compare it with serial.
 
-    Returns a pandas frame, one row per case: the errors, the bound, ``passed`` and the
-    ``launch`` it ran in. Bad options fail here, before any launch.
+    Returns a pandas frame, one row per case: the weight errors and their bound ``rtol``, the
+    last step's loss beside serial's and its bound ``loss_rtol``, ``passed`` (both within
+    bounds), the ``engine`` (torch, device, backend) and the ``launch`` it ran in. Bad
+    options fail here, before any launch.
     """
     import pandas as pd
 
@@ -142,18 +238,13 @@ def run_matrix(cases: Sequence[Case], root: str | Path) -> "Any":
     by_world: dict[int, list[int]] = {}
     for i, cfg in enumerate(configs):
         by_world.setdefault(cfg.world_size, []).append(i)
+    references: dict[str, Reference] = {}
     rows: list[dict[str, Any]] = []
     for launch_index, (world, indices) in enumerate(sorted(by_world.items())):
         results = launch_all([configs[i] for i in indices])
         for i, result in zip(indices, results):
-            case, cfg = cases[i], configs[i]
-            initial, reference = serial_reference(cfg)
-            final = torch.load(result.path / "final.pt", weights_only=True)
-            errors = compare(initial, reference, final)
-            rows.append({"case": case.name, "method": cfg.method, "world_size": world, "launch": launch_index,
-                         "steps": result.summary["steps"], "iterations": result.summary["iterations"],
-                         **errors, "rtol": case.rtol, "passed": passes(case, errors, result.summary),
-                         "note": case.note, "path": str(result.path)})
+            row = result_row(cases[i], configs[i], result, _reference(configs[i], references))
+            rows.append({**row, "launch": launch_index})
     return pd.DataFrame(rows).set_index("case").loc[names].reset_index()
 
 
@@ -166,24 +257,33 @@ def canary_case(method: str, rtol: float = CANARY_RTOL, **options: Any) -> Case:
     window = getattr(opts, "P", 1)
     if "steps" not in options:
         data["steps"] = max(1, window)
-    if method == "paso":
-        data.setdefault("threshold", 0.0)
-        data.setdefault("ema_decay", 1.0)
+    for name, value in spec.options.EXACT_REPLAY.items():
+        data.setdefault(name, value)
     return Case(name=f"canary-{method}", options=data, rtol=rtol)
 
 
 def canary(method: str, root: str | Path | None = None, rtol: float = CANARY_RTOL, **options: Any) -> "Any":
     """Run the first-step canary of ``method`` and raise :class:`CanaryFailed` if its
-    weights differ from serial training's; returns the one-row frame otherwise."""
+    weights or loss differ from serial training's; returns the one-row frame otherwise."""
     import tempfile
 
     case = canary_case(method, rtol, **options)
     with contextlib.ExitStack() as stack:
         folder = Path(root) if root is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         table = run_matrix([case], folder)
-    row = table.iloc[0]
-    if not bool(row["passed"]):
-        raise CanaryFailed(f"engine canary failed for method={method!r}: relative error of the first step "
-                           f"{row['rel_displacement_err']:.3g} > {case.rtol:g} (max |diff| {row['max_abs_diff']:.3g}); "
-                           "this torch/backend computes something other than serial training here")
+    check_canary(table)
     return table
+
+
+def check_canary(table: "Any") -> None:
+    """Raise :class:`CanaryFailed` naming every case of a canary table that differs from
+    serial training, with the torch version, device and backend it ran on."""
+    failed = table[~table["passed"].astype(bool)]
+    if failed.empty:
+        return
+    lines = [f"engine canary failed for method={row.method!r} ({row.case}): relative error of the first step "
+             f"{row.rel_displacement_err:.3g} (bound {row.rtol:g}, max |diff| {row.max_abs_diff:.3g}), loss "
+             f"{row.train_loss:.6g} vs serial {row.serial_loss:.6g} (relative {row.loss_rel_err:.3g}, bound "
+             f"{row.loss_rtol:g}); {row.engine} computes something other than serial training here"
+             for row in failed.itertuples()]
+    raise CanaryFailed("; ".join(lines), engine=str(failed["engine"].iloc[0]))

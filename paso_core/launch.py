@@ -335,7 +335,7 @@ def _keep_partial_run(cfg: RunConfig, run_dir: Path, sig: signal.Signals, wall_s
             "status": "interrupted", "signal": sig.name, "method": cfg.method, "task": cfg.task,
             "world_size": cfg.world_size, "rows": len(rows), "steps_planned": cfg.steps,
             "iterations": _last(rows, "iteration"),
-            "last_step": _last(rows, "steps_done") if _last(rows, "steps_done") is not None else _last(rows, "step"),
+            "last_step": _last(rows, "steps_done"),
             "grad_evals": _last(rows, "grad_evals"), "last_train_loss": _last(rows, "train_loss"),
             "wall_time_s": wall_s, "checkpoint_kept": (run_dir / "checkpoint").is_dir(),
             "provenance": provenance(cfg.world_size, cfg.threads_per_worker),

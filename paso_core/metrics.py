@@ -31,7 +31,8 @@ TRAIN_COLUMNS: dict[str, str] = {
     "train_loss": "loss of the iteration's first step (serial: the step's loss) before its update",
     "lr": "learning rate of the iteration's first step",
     "time_iteration_s": "wall time of the whole iteration on the logging rank (compute + comm + the rest)",
-    "time_compute_s": "forward + backward (+ clipping), maximum over ranks",
+    "time_compute_s": "forward + backward (+ clipping), maximum over ranks; never the metered communication "
+                      "inside them (time_comm_s) nor the optimizer step",
     "time_comm_s": "time inside communication calls, maximum over ranks (0 for one process)",
     "bytes_measured": "bytes the busiest rank sent so far, counted from the tensors it sent",
     "bytes_modelled": "bytes the busiest rank sent so far by a formula (collectives: ring all-reduce ...)",

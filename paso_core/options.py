@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 
 class ConfigError(ValueError):
@@ -43,6 +43,10 @@ def check_choices(obj: Any) -> None:
 @dataclasses.dataclass
 class MethodOptions:
     """Base of a method's typed options: a small dataclass with defaults, help and checks."""
+
+    #: Option values with which the method replays serial training step for step (e.g. PASO's
+    #: zero tolerance); the engine canary runs with them unless the caller gives others.
+    EXACT_REPLAY: ClassVar[Mapping[str, Any]] = {}
 
     def check(self, cfg: Any) -> None:
         """Raise :class:`ConfigError` for a bad value (``cfg``: the whole run, for cross checks)."""

@@ -43,9 +43,10 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------ saving
-def environment() -> dict[str, Any]:
-    """Where the numbers were measured (timings mean little without it): code, stack, machine."""
-    info = provenance()
+def environment(world_size: int | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Where the numbers were measured (timings mean little without it): code, stack, machine,
+    and the processes and threads per process when the caller knows them."""
+    info = provenance(world_size, threads)
     if hasattr(os, "getloadavg"):
         info["load_average_1_5_15_min"] = [round(v, 2) for v in os.getloadavg()]
     return info
@@ -72,9 +73,10 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _write_config(path: Path, config: Mapping[str, Any] | None, kind: str, files: Iterable[Path]) -> Path:
+def _write_config(path: Path, config: Mapping[str, Any] | None, kind: str, files: Iterable[Path],
+                  env: Mapping[str, Any] | None = None) -> Path:
     record = {"artifact": kind, "files": [p.name for p in files], "config": _jsonable(dict(config or {})),
-              "environment": environment()}
+              "environment": _jsonable(dict(env)) if env is not None else environment()}
     path.write_text(json.dumps(record, indent=2, sort_keys=True))
     return path
 
@@ -111,11 +113,13 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".4g", missing: str = "") -> s
 
 def save_table(df: pd.DataFrame, name: str, config: Mapping[str, Any] | None = None, *,
                root: str | Path | None = None, title: str | None = None,
-               notes: str | None = None, md_columns: Sequence[str] | None = None) -> tuple[Path, Path]:
+               notes: str | None = None, md_columns: Sequence[str] | None = None,
+               world_size: int | None = None, threads: int | None = None) -> tuple[Path, Path]:
     """Write ``df`` to ``<artifacts>/tables/<name>.csv`` and ``.md`` (+ ``.json`` config).
 
     The Markdown file carries an optional title and notes so it reads on its own, and only
-    ``md_columns`` when given (the columns a reader compares; the CSV keeps them all).
+    ``md_columns`` when given (the columns a reader compares; the CSV keeps them all). The
+    JSON's environment records ``world_size`` and ``threads`` (per process) when given.
     Returns ``(csv_path, md_path)``.
     """
     folder = Path(root) if root is not None else artifacts_root() / "tables"
@@ -128,7 +132,7 @@ def save_table(df: pd.DataFrame, name: str, config: Mapping[str, Any] | None = N
         parts.append(notes.strip() + "\n")
     parts.append(to_markdown(df[list(md_columns)] if md_columns else df) + "\n")
     md.write_text("\n".join(parts))
-    _write_config(folder / f"{name}.json", config, "table", [csv, md])
+    _write_config(folder / f"{name}.json", config, "table", [csv, md], environment(world_size, threads))
     return csv, md
 
 

@@ -27,6 +27,7 @@ from .parallel import build_mesh
 from .provenance import provenance
 from .runs import jsonl_to_csv
 from .tasks import build_task
+from .tasks.base import Task
 
 
 def _logger(run_dir: Path, rank: int) -> logging.Logger:
@@ -48,11 +49,18 @@ def _write_failure(run_dir: Path, rank: int, kind: str, message: str) -> None:
     (run_dir / "logs" / f"rank{rank}.failure.json").write_text(json.dumps(record))
 
 
-def inject_fault(ctx: WorkerContext) -> None:
-    """Test hook: ``inject_fault={"rank": r, "kind": "raise"|"exit"|"hang"}`` (a validated option).
+#: Seconds added to every communication call of the rank given ``inject_fault`` kind 'slow_comm'.
+SLOW_COMM_S = 0.02
 
-    Lets the test suite prove that a crashed or stalled worker is reported with its rank
-    and log tail instead of hanging the launcher.
+
+def inject_fault(ctx: WorkerContext, task: Task) -> None:
+    """Test hook: ``inject_fault={"rank": r, "kind": k}`` (a validated option) on rank ``r``.
+
+    Lets the test suite prove that a crashed or stalled worker is reported with its rank and
+    log tail instead of hanging the launcher (``raise``, ``exit``, ``hang``), that the engine
+    canary catches an engine computing wrong gradients (``wrong_grads``: this rank's gradients
+    doubled before any synchronisation) and that communication is timed apart from compute
+    (``slow_comm``: every metered call of this rank takes :data:`SLOW_COMM_S` longer).
     """
     fault = ctx.cfg.inject_fault
     if not fault or int(fault.get("rank", -1)) != ctx.rank:
@@ -67,6 +75,25 @@ def inject_fault(ctx: WorkerContext) -> None:
         os._exit(3)
     if kind == "hang":
         time.sleep(3600)
+    if kind == "wrong_grads":
+        _double_gradients(task)
+    if kind == "slow_comm":
+        ctx.comm.meter.delay_s = SLOW_COMM_S
+
+
+def _double_gradients(task: Task) -> None:
+    """Every model the task builds from now on gets twice its true gradients (a hook on each
+    trainable parameter, so it acts before any engine's synchronisation)."""
+    build = task.build_model
+
+    def build_model() -> torch.nn.Module:
+        model = build()
+        for p in model.parameters():
+            if p.requires_grad:
+                p.register_hook(lambda grad: grad * 2)
+        return model
+
+    task.build_model = build_model  # type: ignore[method-assign]
 
 
 def warm_up_lazy_imports() -> None:
@@ -81,7 +108,7 @@ def run_method(ctx: WorkerContext) -> dict[str, Any]:
     """Build the task and hand it to the registered method's ``train``."""
     task = build_task(ctx.cfg, ctx.device)
     ctx.items_per_step = task.items_per_step()
-    inject_fault(ctx)
+    inject_fault(ctx, task)
     ctx.log.info("task: %s", json.dumps(task.describe(), default=str))
     summary = get_method(ctx.cfg.method).train(ctx, task)
     summary["task_info"] = task.describe()

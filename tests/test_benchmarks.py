@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +59,18 @@ def test_paso_threshold_rule_runs_the_notebooks_paso_with_both_rules(tmp_path) -
     assert list(table.threshold_errors) == ["seed", "next_guess"] * 2
     assert list(table.study) == ["cifar_paso"] * 2 + ["wikitext_paso"] * 2
     assert ((table.K >= 1) & (table.K <= table["T"])).all()
+
+
+def test_vision_pipeline_json_carries_full_provenance(tmp_path) -> None:
+    """The benchmark saves through report.save_table like the others: commit, stack, CPU, world size."""
+    script = SCRIPT.parent / "vision_pipeline.py"
+    proc = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--seconds", "0.1", "--repeats", "1",
+                           "--warmup", "1", "--workers", "0", "--synthetic-images", "32", "--batch-size", "8"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "tables" / "vision_pipeline.json").read_text())
+    env = record["environment"]
+    assert env["git"] is None or len(env["git"]["commit"]) == 40
+    assert env["cpu_model"] and env["torch"] and env["world_size"] == 1 and env["threads_per_worker"] == 1
+    assert record["config"]["args"]["repeats"] == 1 and record["files"] == ["vision_pipeline.csv", "vision_pipeline.md"]
+    assert len(pd.read_csv(tmp_path / "tables" / "vision_pipeline.csv")) == 3  # tensor x2, DataLoader w0

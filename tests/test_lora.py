@@ -3,9 +3,9 @@
 Parsing and its errors (before launch); the trainable parameters are exactly the adapters and
 the optimizer sees only them; ``full_attention`` adapts only Qwen3-Next's softmax layers; the
 adapted model still cuts into blocks; the adapters are the same on every build (rank); a serial
-run trains them and leaves the base weights bit for bit; DDP, FSDP1, FSDP2, tensor, pipeline
-and model parallelism on 2 processes match it (and freeze the base too), and PASO (threshold 0,
-2 processes) reproduces it exactly.
+run trains them and leaves the base weights bit for bit; naive DP, DDP, FSDP1, FSDP2, tensor,
+pipeline and model parallelism on 2 processes match it (and freeze the base too), and PASO
+(threshold 0, 2 processes) reproduces it exactly.
 """
 
 from __future__ import annotations
@@ -157,8 +157,8 @@ def test_serial_lora_trains_adapters_only_and_ddp_paso_match(tmp_path) -> None:
              Case("ddp-lora", {**RUN, "method": "ddp", "nproc": 2}, rtol=DDP_RTOL),
              # the sharded and staged engines: same 2-rank launch (fsdp2_tp: the sharding matrix)
              *[Case(f"{method}-lora", {**RUN, "method": method, "nproc": 2, **extra}, rtol=DDP_RTOL)
-               for method, extra in (("fsdp", {}), ("fsdp2", {}), ("tp", {}), ("pp", {"microbatches": 2}),
-                                     ("model_parallel", {}))],
+               for method, extra in (("naive_dp", {}), ("fsdp", {}), ("fsdp2", {}), ("tp", {}),
+                                     ("pp", {"microbatches": 2}), ("model_parallel", {}))],
              # PASO with threshold 0 replays serial training exactly (same launch as ddp: 2 ranks)
              Case("paso-lora", {**RUN, "method": "paso", "P": 2, "threshold": 0.0, "ema_decay": 1.0}, rtol=EXACT)]
     table = run_matrix(cases, tmp_path)

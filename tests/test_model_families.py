@@ -6,7 +6,8 @@
 - For each tiny model the composition of ``decoder_blocks`` gives the whole model's logits,
   loss and parameter gradients bit for bit (tolerance 0: the same ops in the same order),
   with sdpa and eager attention; Qwen3-Next's router auxiliary loss is in neither path.
-- ``serial`` and ``ddp`` (2 processes) train llama-tiny and qwen3next-tiny end to end.
+- ``serial``, ``ddp`` and ``naive_dp`` (2 processes) train llama-tiny and qwen3next-tiny end to end
+  (``naive_dp`` gpt2-tiny too).
 """
 
 from __future__ import annotations
@@ -158,11 +159,15 @@ RUN = dict(task="text", dataset="pydoc", block_size=16, batch_size=4, eval_batch
 DDP_RTOL = 1e-4
 
 
-def test_serial_and_ddp_train_llama_and_qwen3next(tmp_path) -> None:
+def test_serial_ddp_and_naive_dp_train_every_family(tmp_path) -> None:
+    """naive DP (per-parameter all-reduce) on GPT-2 too; its Llama and Qwen3-Next rows share
+    DDP's launch and serial references."""
     cases = [Case(f"{method}-{model}", {**RUN, "model": model, "method": method,
-                                        **({"nproc": 2} if method == "ddp" else {})},
+                                        **({} if method == "serial" else {"nproc": 2})},
                   rtol=0.0 if method == "serial" else DDP_RTOL)
-             for method in ("serial", "ddp") for model in ("llama-tiny", "qwen3next-tiny")]
+             for method in ("serial", "ddp", "naive_dp") for model in ("llama-tiny", "qwen3next-tiny")]
+    cases.append(Case("naive_dp-gpt2-tiny", {**RUN, "model": "gpt2-tiny", "method": "naive_dp", "nproc": 2},
+                      rtol=DDP_RTOL))
     table = run_matrix(cases, tmp_path)
     print(table[["case", "world_size", "max_abs_diff", "rel_displacement_err"]].to_string())
     assert table["passed"].all(), table.to_string()

@@ -5,7 +5,9 @@ every schedule (GPipe, 1F1B, interleaved 1F1B with 2 stages per rank = 4 stages)
 tiny (tied LM head) and the vision CNN, and the stages' per-parameter gradients and loss are
 compared with the single-process model's; (2) the equivalence matrix: after a few Adam steps
 with clipping, every run's full weights match plain serial training (``serial_reference``);
-its 2-process cases share one launch, the pp x dp case (4 processes) has its own.
+its 2-process cases share one launch (``pp`` and ``model_parallel`` on every model family), the
+pp x dp case (4 processes) has its own, with rank 0's collectives slowed to check that the
+metrics' compute time leaves out gradient synchronisation and the optimizer.
 Plus every bad input, rejected by ``validate`` before any launch.
 """
 
@@ -24,6 +26,8 @@ import torch
 from paso_core.config import RunConfig, validate
 from paso_core.equivalence import Case, run_matrix
 from paso_core.options import ConfigError
+
+from test_equivalence import assert_time_split_is_disjoint
 
 pytestmark = pytest.mark.usefixtures("paso_cache")
 
@@ -149,9 +153,13 @@ CASES = [
          PIPELINE_RTOL),
     Case("model_parallel-cnn-points", dict(CNN, **TRAIN, method="model_parallel", nproc=2, split=[1]),
          PIPELINE_RTOL),
-    Case("pp2xdp2-1f1b-gpt2", dict(TEXT, **TRAIN, method="pp", nproc=4, dp=2, microbatches=2), PIPELINE_RTOL,
-         "pp x dp: two replicas of a 2-stage pipeline (the one 4-process launch)"),
+    Case("pp2xdp2-1f1b-gpt2", dict(TEXT, **TRAIN, method="pp", nproc=4, dp=2, microbatches=2,
+                                   inject_fault={"rank": 0, "kind": "slow_comm"}), PIPELINE_RTOL,
+         "pp x dp: two replicas of a 2-stage pipeline (the one 4-process launch); rank 0's collectives slowed "
+         "to check the time split"),
     *[Case(f"pp-1f1b-{model}", dict(TEXT, **TRAIN, model=model, method="pp", nproc=2, microbatches=2),
+           PIPELINE_RTOL) for model in families_available()],
+    *[Case(f"model_parallel-{model}", dict(TEXT, **TRAIN, model=model, method="model_parallel", nproc=2),
            PIPELINE_RTOL) for model in families_available()],
 ]
 
@@ -171,6 +179,13 @@ def test_pipeline_methods_match_serial(matrix: pd.DataFrame, case: str) -> None:
 
 def test_cases_of_one_world_size_share_a_launch(matrix: pd.DataFrame) -> None:
     assert matrix.groupby("world_size")["launch"].nunique().eq(1).all()
+
+
+def test_gradient_sync_and_optimizer_are_not_compute(matrix: pd.DataFrame) -> None:
+    """The replicas' per-parameter all-reduce, tied sums and clip norm (slowed on rank 0; the
+    logging rank is 2) are communication, the optimizer step is its own phase: none of them is
+    in time_compute_s."""
+    assert_time_split_is_disjoint(matrix.set_index("case").loc["pp2xdp2-1f1b-gpt2", "path"])
 
 
 def test_rows_carry_the_bubble_and_modelled_bytes(matrix: pd.DataFrame) -> None:

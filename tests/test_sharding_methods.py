@@ -44,6 +44,10 @@ CASES = [
                                     grad_clip=0.5), CLIP_RTOL),
     Case("fsdp2-gpt2-bf16", dict(TEXT, model="gpt2-tiny", method="fsdp2", nproc=2, mixed_precision="bf16"), BF16_RTOL),
     Case("fsdp2-qwen3next", dict(TEXT, model="qwen3next-tiny", method="fsdp2", nproc=2), SUM_RTOL),
+    # every sharding engine on every model family (same 2-process launch; serial references shared)
+    Case("fsdp-llama", dict(TEXT, model="llama-tiny", method="fsdp", nproc=2), SUM_RTOL),
+    Case("fsdp-qwen3next", dict(TEXT, model="qwen3next-tiny", method="fsdp", nproc=2), SUM_RTOL),
+    Case("fsdp2-llama", dict(TEXT, model="llama-tiny", method="fsdp2", nproc=2), SUM_RTOL),
     Case("tp-llama-clip", dict(TEXT, model="llama-tiny", method="tp", nproc=2, grad_clip=0.5), CLIP_RTOL),
     Case("tp-qwen3next", dict(TEXT, model="qwen3next-tiny", method="tp", nproc=2), SUM_RTOL),
     Case("tp-cnn", dict(DIGITS, method="tp", nproc=2), SUM_RTOL),

@@ -417,8 +417,7 @@ def text_table(results: Sequence[tuple[PlannedRun, RunResult]], column: str = TE
 
 
 def text_curves(results: Sequence[tuple[PlannedRun, RunResult]], column: str = TEXT_METRIC) -> pd.DataFrame:
-    frame = curves(results, 1, column)
-    return frame.rename(columns={"epoch": "step"}) if not frame.empty else frame
+    return curves(results, 1, column)
 
 
 def compare_reported(table: pd.DataFrame, model: str) -> pd.DataFrame:
@@ -510,8 +509,8 @@ def plot_text(frame: pd.DataFrame, setting: str, column: str = TEXT_METRIC) -> A
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for method, part in frame.groupby("method", sort=False):
-        ax.plot(part["step"], part[column], label=method, **_style(method))
-    note = "; ".join(" = ".join(g) for g in coinciding(frame.rename(columns={"step": "epoch", column: "mean"})))
+        ax.plot(part["steps_done"], part[column], label=method, **_style(method))
+    note = "; ".join(" = ".join(g) for g in coinciding(frame.rename(columns={column: "mean"})))
     ax.set(title=f"AdamW on text: {setting}" + (f"\n{note} (identical curves)" if note else ""),
            xlabel="mini-batches (optimizer steps)", ylabel="validation perplexity")
     _integer_ticks(ax)

@@ -48,6 +48,8 @@ from . import common
 ALL_METHODS: tuple[str, ...] = ("serial", "naive_dp", "ddp", "fsdp", "fsdp2", "tp", "fsdp2_tp",
                                 "pp:gpipe", "pp:1f1b", "pp:interleaved_1f1b", "model_parallel")
 PIPELINE = ("pp", "model_parallel")
+#: The run every ratio and factor is relative to.
+BASELINE = "serial"
 STUDIES = ("methods", "world", "context", "microbatches", "split")
 
 PARAMETERS = ("methods", "nproc", "model", "block_size", "microbatches", "pp_schedule", "split", "lora", "steps",
@@ -361,7 +363,7 @@ def study(table: pd.DataFrame, name: str) -> pd.DataFrame:
     return table[table["study"] == name].reset_index(drop=True)
 
 
-def with_ratios(table: pd.DataFrame, baseline: str = "serial") -> pd.DataFrame:
+def with_ratios(table: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
     """``speedup_vs_<baseline>`` (tokens/s) and ``state_vs_<baseline>`` (training state per
     rank) side by side, from the same invocation's runs."""
     out = table.copy()
@@ -515,7 +517,7 @@ def _memory_point(methods: pd.DataFrame) -> str | None:
     text = (f"**Training state per rank** (parameters + gradients + optimizer state): {_names(least)} "
             f"({'/'.join(str(int(w)) for w in least['world'])} ranks) {'hold' if len(least) > 1 else 'holds'} "
             f"the least, {low:.3g} MiB")
-    serial = rows[rows["method"] == "serial"]
+    serial = rows[rows["method"] == BASELINE]
     if not serial.empty:
         base = float(serial["mem_state_mb"].iloc[0])
         text += f", {base / low:.2f}x less than `serial`'s {base:.3g} MiB"
@@ -596,9 +598,9 @@ def _speed_point(table: pd.DataFrame, methods: pd.DataFrame) -> str | None:
         return None
     order = " > ".join(f"`{r.method}` {_rate(r.tokens_per_s)}" for r in rows.itertuples())
     text = f"**Tokens/s** (whole job), fastest first: {order}."
-    serial = rows[rows["method"] == "serial"]
+    serial = rows[rows["method"] == BASELINE]
     fastest = rows.iloc[0]
-    if not serial.empty and fastest["method"] != "serial":
+    if not serial.empty and fastest["method"] != BASELINE:
         ratio = fastest["tokens_per_s"] / serial["tokens_per_s"].iloc[0]
         text += f" `{fastest['method']}` ran {ratio:.2f}x `serial`'s tokens/s."
     return text + " " + cpu_caveat(table)

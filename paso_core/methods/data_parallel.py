@@ -6,15 +6,16 @@ follow the same trajectory up to rounding. What differs is how the model is *app
 the mesh (replicated, sharded, split by tensor dimension) and how gradients meet; each
 method file supplies that as a :data:`Wrapper`, and nothing else.
 
-Each training row adds the step's phases (``time_forward_s``, ``time_backward_s``,
-``time_optim_s``; gradient synchronisation overlapped with backward by the engines is
-inside backward), ``tokens_per_s`` and this step's memory (``mem_*_mb``), each the
-maximum over ranks; the summary keeps every rank's memory.
+Each training row adds the step's phases (``time_forward_s``, ``time_backward_s`` with the
+clipping, ``time_optim_s``), ``tokens_per_s`` and this step's memory (``mem_*_mb``), each the
+maximum over ranks; the summary keeps every rank's memory. The phases leave out the
+communication the meter times (naive DP's all-reduce: it is in ``time_comm_s``), so compute
+(forward + backward), communication and optimizer times are disjoint; what an engine overlaps
+with backward outside the meter (DDP's buckets, FSDP's reduce-scatter) stays in backward.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -91,30 +92,30 @@ def train_data_parallel(ctx: WorkerContext, task: Task, wrap: Wrapper, name: str
     start, loss = resume_torch_training(ctx, root, optimizer)
     tokens = task.items_per_step()
     for step in range(start, cfg.steps):
-        tic = time.perf_counter()
+        clock = ctx.start_iteration()
         batch = task.train_shard(step, dp_rank, dp_size)
         optimizer.zero_grad(set_to_none=True)
         local = task.loss(wrapped.module, batch, step)
         _synchronize(ctx.device)
-        t_forward = time.perf_counter()
+        forward = clock.lap()
         local.backward()
         wrapped.sync()
         clip_(wrapped, params, spec.grad_clip)
         _synchronize(ctx.device)
-        t_backward = time.perf_counter()
+        backward = clock.lap()
         lr = lr_at(spec, step)
         set_lr(optimizer, lr)
         optimizer.step()
         _synchronize(ctx.device)
-        t_optim = time.perf_counter()
+        optim = clock.lap()
         # tensor-parallel ranks of one shard hold the same loss, so the world mean is the data-parallel mean
         loss = float(ctx.comm.all_reduce_(local.detach().float().reshape(1).clone()) / ctx.world)
         ctx.check_finite(loss, f"step {step}")
         done = step + 1
-        phases = [t_forward - tic, t_backward - t_forward, t_optim - t_backward]
+        phases = [forward.compute, backward.compute, optim.compute]
         memory = state_columns(model, optimizer, ctx.device)
-        stats, per_rank = ctx.gather_iteration(t_backward - tic, phases + [memory[k] for k in MEMORY])
-        seconds = time.perf_counter() - tic
+        stats, per_rank = ctx.gather_iteration(phases[0] + phases[1], phases + [memory[k] for k in MEMORY])
+        seconds = clock.elapsed()
         row = {"train_loss": loss, "lr": lr, "tokens_per_s": tokens / seconds,
                **{k: float(per_rank[:, i].max()) for i, k in enumerate(PHASES + MEMORY)}}
         ctx.record_train(row, stats, seconds, steps_done=done, iteration=done, grad_evals=done,

@@ -41,7 +41,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Mapping
 
 import torch
 
@@ -70,6 +70,9 @@ PASO_ROLLOUTS = ("auto", "scan", "relay")
 @dataclass
 class PasoOptions(MethodOptions):
     """PASO's knobs (``docs/paso.md``)."""
+
+    #: threshold 0 with a fixed tolerance accepts only exact iterates: serial training's steps
+    EXACT_REPLAY: ClassVar[Mapping[str, Any]] = {"threshold": 0.0, "ema_decay": 1.0}
 
     P: int = option(4, "window size: steps solved in parallel, one worker each")
     threshold: float = option(1e-5, "initial tolerance on the per-position error (0: exact serial)")

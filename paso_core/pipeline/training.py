@@ -4,7 +4,11 @@ per global batch, the batch pushed through the stages by torch's schedule.
 Each training row adds ``bubble_schedule`` (the idle fraction the schedule itself implies
 for this m, n, v: :func:`schedule_oracle.bubble_of`), ``bubble_measured`` (1 - this rank's
 stage compute time / step time, the maximum over ranks; the stage compute time is m times the
-stage's forward+backward per micro-batch measured alone at start) and the step's phases.
+stage's forward+backward per micro-batch measured alone at start) and the step's phases:
+``time_pipeline_s`` (the schedule's forward + backward, point-to-point waits included),
+``time_grad_sync_s`` (wall time of the gradient phase: tied-gradient sums, replica averaging,
+clipping) and ``time_optim_s``. The schema's ``time_compute_s`` is the schedule plus clipping
+without their metered collectives, which are in ``time_comm_s`` only.
 Pipeline traffic (activations forward, their gradients back) is modelled per micro-batch
 boundary and counted in ``bytes_modelled``; the summary keeps every rank's figures. With
 data-parallel replicas (``dims.dp_replicate > 1``) each pipeline takes its shard of the
@@ -13,7 +17,6 @@ global batch and stage gradients are averaged across replicas before clipping.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -68,27 +71,28 @@ def train_pipeline(ctx: WorkerContext, task: Task, schedule: str, microbatches: 
     compute_alone = microbatches * pipe.stage_seconds
     last_bubbles: list[float] = []
     for step in range(start, cfg.steps):
-        tic = time.perf_counter()
+        clock = ctx.start_iteration()
         optimizer.zero_grad(set_to_none=True)
         local = pipe.step(task, task.train_shard(step, dp_rank, dp_size))
-        t_pipeline = time.perf_counter()
+        pipeline = clock.lap()
         pipe.sum_tied_grads_()
         _average_over_replicas_(ctx, params)
+        sync = clock.lap()
         pipe.clip_grads_(spec.grad_clip)
-        t_sync = time.perf_counter()
+        clip = clock.lap()
         lr = lr_at(spec, step)
         set_lr(optimizer, lr)
         optimizer.step()
-        t_optim = time.perf_counter()
+        optim = clock.lap()
         loss = _shared_loss(ctx, local)
         ctx.check_finite(loss, f"step {step}")
         done = step + 1
-        bubble = 1.0 - compute_alone / (t_pipeline - tic)
+        bubble = 1.0 - compute_alone / pipeline.wall
         memory = state_columns(params, optimizer, ctx.device)
-        stats, per_rank = ctx.gather_iteration(t_optim - tic, [t_pipeline - tic, t_sync - t_pipeline,
-                                                               t_optim - t_sync, bubble]
+        stats, per_rank = ctx.gather_iteration(pipeline.compute + clip.compute,
+                                               [pipeline.wall, sync.wall + clip.wall, optim.compute, bubble]
                                                + [memory[k] for k in MEMORY_COLUMNS])
-        seconds = time.perf_counter() - tic
+        seconds = clock.elapsed()
         row = {"train_loss": loss, "lr": lr, "tokens_per_s": task.items_per_step() / seconds,
                "time_pipeline_s": float(per_rank[:, 0].max()), "time_grad_sync_s": float(per_rank[:, 1].max()),
                "time_optim_s": float(per_rank[:, 2].max()),
