@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 from pathlib import Path
 
@@ -97,9 +98,12 @@ def _mesh_main(rank: int, world: int, port: int, out_dir: str) -> None:
     inbox = torch.empty(1000)
     works = [dp.isend(payload, peer), dp.irecv(inbox, peer)]
     dp.wait(works)
+    measured_p2p = comm.meter.measured
+    gathered = tp.gather_objects({"rank": rank}, dst=2 * (rank // 2))  # an end-of-run merge is metered too
     _leave({"coords": coords, "mesh_names": mesh.mesh_dim_names, "tp_sum": float(summed),
-            "received": float(inbox[0]), "peer": peer, "measured": comm.meter.measured,
-            "modelled": comm.meter.modelled}, out_dir, rank)
+            "received": float(inbox[0]), "peer": peer, "measured": measured_p2p,
+            "modelled": comm.meter.modelled, "gathered": gathered,
+            "object_bytes": comm.meter.measured - measured_p2p}, out_dir, rank)
 
 
 def test_named_mesh_groups_and_non_blocking_point_to_point(tmp_path) -> None:
@@ -110,6 +114,10 @@ def test_named_mesh_groups_and_non_blocking_point_to_point(tmp_path) -> None:
         assert out["received"] == out["peer"] and out["peer"] % 2 == rank % 2
         assert out["measured"] == 1000 * 4  # counted from the tensor sent
         assert out["modelled"] == int(2 * (2 - 1) / 2 * 4)  # ring all-reduce of 4 bytes in a group of 2
+        sends = rank % 2 == 1  # the tp group's second rank sends its pickle to the first
+        assert out["object_bytes"] == (len(pickle.dumps({"rank": rank}, protocol=pickle.HIGHEST_PROTOCOL))
+                                       if sends else 0)
+        assert out["gathered"] == (None if sends else [{"rank": rank}, {"rank": rank + 1}])
 
 
 def test_flat_params_copy_in_place_and_never_alias_the_model() -> None:
