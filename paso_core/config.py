@@ -399,12 +399,11 @@ def dataset_problem(dataset: str, data_root: str | None, text_column: str = "tex
         from .tasks.parquet_data import layout_problem
 
         return layout_problem(data_root, text_column)
+    download = "" if dataset in NOT_DOWNLOADABLE else " (or download=True on a machine with a network)"
     if not data_root:
-        return (f"dataset={dataset!r} needs data_root=<directory holding it> "
-                "(or download=True on a machine with a network)")
+        return f"dataset={dataset!r} needs data_root=<directory holding it>{download}"
     if not Path(data_root).expanduser().is_dir():
-        return (f"data_root={data_root!r} does not exist; point it at the directory "
-                f"holding {dataset}, or pass download=True")
+        return f"data_root={data_root!r} does not exist; point it at the directory holding {dataset}{download}"
     if dataset == "cifar10":
         problem = layouts.cifar10_problem(data_root)
         if problem is None:

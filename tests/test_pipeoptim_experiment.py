@@ -143,3 +143,9 @@ def test_seed_values_sit_beside_ours() -> None:
     assert merged.loc["pipeoptim", "seed_top1"] == 57.3
     assert merged.loc["pipeoptim", "ours_final_top1 (SGDM)"] == "89.00 ± 1.41"
     assert pd.isna(merged.loc["pipedream_2bw", "ours_final_top1 (SGDM)"])
+
+
+def test_paper_scale_names_the_missing_tiny_imagenet() -> None:
+    with pytest.raises(ConfigError, match=r"dataset='tinyimagenet' needs data_root=<directory holding it> \(or -p "
+                                          r"scale default"):
+        po.prepare({}, "paper")

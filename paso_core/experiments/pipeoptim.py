@@ -179,8 +179,14 @@ class Plan:
 
 
 def steps_per_epoch(params: Mapping[str, Any]) -> int:
-    """``training images // batch size``, as the vision task's epochs are cut."""
+    """``training images // batch size``, as the vision task's epochs are cut (a dataset
+    missing from ``data_root`` is named here, before anything is read)."""
+    from ..config import dataset_problem
     from ..tasks.vision_data import load_vision_data
+
+    problem = dataset_problem(params["dataset"], params["data_root"], None)
+    if problem is not None:
+        raise ConfigError(f"{problem} (or -p scale default for the bundled digits)")
 
     if params["dataset"] == "tinyimagenet":  # 100 000 JPEGs: count them, do not decode them
         from ..tasks.layouts import find_tinyimagenet_dir
