@@ -149,3 +149,11 @@ def test_paper_scale_names_the_missing_tiny_imagenet() -> None:
     with pytest.raises(ConfigError, match=r"dataset='tinyimagenet' needs data_root=<directory holding it> \(or -p "
                                           r"scale default"):
         po.prepare({}, "paper")
+
+
+def test_a_stage_whose_passes_share_predicted_weights_is_named_not_praised() -> None:
+    """SpecTrain's last stage predicts both passes alike: its quality is 0 by construction."""
+    quality = pd.DataFrame([{"method": "spectrain", "optimizer": "momentum", "seed": 0, "stage": s, "minibatch": j,
+                             "quality": 0.0 if s == 1 else 0.5} for s in (0, 1) for j in (1, 2)])
+    words = po.discussion(pd.DataFrame(columns=["optimizer"]), pd.DataFrame(), quality, pd.DataFrame())
+    assert "stage 0: 0.5, stage 1: 0 (its backward runs on the forward's predicted weights)" in words

@@ -575,12 +575,14 @@ def discussion(table: pd.DataFrame, agreement: pd.DataFrame, quality: pd.DataFra
         worst_loss, worst_param = agreement["max_abs_loss_diff"].max(), agreement["max_rel_param_diff"].max()
         lines.append(f"- **Simulator vs runtime** over the first epoch of {len(agreement)} methods: largest loss "
                      f"difference {worst_loss:.3g}, largest relative parameter difference {worst_param:.3g}"
-                     f"{' (identical)' if worst_loss == 0 and worst_param == 0 else ''}; the curves above are the "
-                     "multi-process runtime's.")
+                     f"{' (identical)' if worst_loss == 0 and worst_param == 0 else ''}, so the simulator's curves "
+                     "above stand for the multi-process runtime's on this configuration.")
     if not quality.empty:
         summary = quality_summary(quality)
         for (method, optimizer), part in summary.groupby(["method", "optimizer"], sort=False):
-            medians = ", ".join(f"stage {s}: {m:.3g}" for s, m in zip(part["stage"], part["median"]))
+            medians = ", ".join(f"stage {s}: " + ("0 (its backward runs on the forward's predicted weights)"
+                                                   if hi == 0 else f"{m:.3g}")
+                                for s, m, hi in zip(part["stage"], part["median"], part["q90"]))
             lines.append(f"- **{method} prediction quality** ({optimizer}, median): {medians} (below 1: the "
                          "predicted weights are nearer the backward's weights than the stale ones).")
     if not text.empty:
