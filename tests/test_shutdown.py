@@ -24,6 +24,10 @@ from paso_core.launch import _catch_stop_signals, alive, descendants
 REPO = Path(__file__).resolve().parent.parent
 RUN_ARGS = ["--method", "paso", "--P", "2", "--task", "synthetic", "--function", "ackley", "--dim", "2000",
             "--steps", "100000", "--no-progress"]
+#: an asynchronous pipeline: stages that are not logging sit in a point-to-point wait when stopped
+ASYNC_ARGS = ["--method", "pipeoptim", "--stages", "3", "--nproc", "3", "--task", "vision", "--dataset", "digits",
+              "--model", "cnn", "--batch-size", "16", "--optimizer", "momentum", "--lr", "0.01",
+              "--steps", "100000", "--log-every", "1", "--no-progress"]
 SCRIPT = textwrap.dedent("""
     import sys
     import paso_core
@@ -63,13 +67,14 @@ def _rows(path: Path) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="walks /proc to find the process tree")
-@pytest.mark.parametrize("entry,sig", [("cli", signal.SIGTERM), ("cli", signal.SIGINT), ("script", signal.SIGHUP)],
-                         ids=["cli-SIGTERM", "cli-SIGINT", "script-SIGHUP"])
-def test_signal_stops_every_process_and_keeps_the_partial_run(tmp_path: Path, entry: str,
-                                                              sig: signal.Signals) -> None:
+@pytest.mark.parametrize("entry,sig,args", [("cli", signal.SIGTERM, RUN_ARGS), ("cli", signal.SIGINT, RUN_ARGS),
+                                             ("script", signal.SIGHUP, None), ("cli", signal.SIGTERM, ASYNC_ARGS)],
+                         ids=["cli-SIGTERM", "cli-SIGINT", "script-SIGHUP", "cli-SIGTERM-async-pipeline"])
+def test_signal_stops_every_process_and_keeps_the_partial_run(tmp_path: Path, entry: str, sig: signal.Signals,
+                                                              args: list[str] | None) -> None:
     out = tmp_path / "run"
     if entry == "cli":
-        cmd = [sys.executable, "-m", "paso_core", "run", *RUN_ARGS, "--out-dir", str(out)]
+        cmd = [sys.executable, "-m", "paso_core", "run", *args, "--out-dir", str(out)]
     else:
         cmd = [sys.executable, "-c", SCRIPT, str(out)]
     env = dict(os.environ, PYTHONPATH=str(REPO))
