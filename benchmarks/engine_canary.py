@@ -25,7 +25,7 @@ from paso_core.equivalence import CANARY_RTOL, canary_case, run_matrix
 
 #: method -> its own options in the canary (on ``--task``)
 METHOD_OPTIONS = {"serial": {}, "grad_accum": {"micro_batches": 2}, "optex": {"P": 1},
-                  "naive_dp": {"nproc": 2}, "ddp": {"nproc": 2}, "paso": {"P": 2}}
+                  "naive_dp": {"nproc": 2}, "ddp": {"nproc": 2}, "paso": {"P": 2}, "local_sgd": {"nproc": 2}}
 #: the intra-step engines (sharding, tensor and pipeline parallelism), on a text model with
 #: attention heads and decoder blocks to split (``--text-model``)
 INTRA_STEP_OPTIONS = {"fsdp": {"nproc": 2}, "fsdp2": {"nproc": 2}, "tp": {"nproc": 2},

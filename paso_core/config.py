@@ -22,7 +22,8 @@ from .options import (ConfigError, check_bool, check_choice, check_int, check_nu
 TASKS = ("synthetic", "vision", "text")
 FUNCTIONS = ("sphere", "ackley", "rosenbrock")
 VISION_DATASETS = ("digits", "cifar10", "tinyimagenet")
-VISION_MODELS = ("cnn", "vit", "resnet18", "resnet101", "inception_v3")
+VISION_MODELS = ("cnn", "vit", "resnet18", "resnet101", "inception_v3", "resnet20")
+BATCHNORM_MODELS = ("resnet20",)  # running statistics outside the parameters (vision_models.py)
 TEXT_DATASETS = ("pydoc", "wikitext2", "parquet")
 PRETRAINED_MODELS = ("local", "modelscope")  # the others are built from a config (tasks/families.py)
 #: GPT-2, Llama and Qwen3-Next sizes built from a config (random init), then the pretrained kinds.
@@ -380,9 +381,16 @@ def check_batch_splits(cfg: RunConfig, parts: int, why: str) -> None:
 
 
 def check_window(cfg: RunConfig, P: int) -> None:
-    """A window of ``P`` steps must fit the run."""
+    """A window of ``P`` steps must fit the run, and each step must be a function of the
+    parameters alone: BatchNorm's running statistics are updated by every forward, so
+    workers evaluating guessed iterates would leave the fixed point undefined."""
     if P > cfg.steps:
         raise ConfigError(f"P={P} is larger than steps={cfg.steps}; use P <= steps")
+    if cfg.task == "vision" and cfg.model in BATCHNORM_MODELS:
+        raise ConfigError(f"model={cfg.model!r} uses BatchNorm, whose running statistics are not a function of "
+                          f"the parameters, so method={cfg.method!r} (steps solved in parallel) has no fixed "
+                          f"point to find; choose a model without BatchNorm: "
+                          f"{', '.join(m for m in VISION_MODELS if m not in BATCHNORM_MODELS)}")
 
 
 def dataset_problem(dataset: str, data_root: str | None, text_column: str = "text") -> str | None:

@@ -245,6 +245,29 @@ class Comm:
             self.meter.modelled += int(2 * (self.world - 1) / self.world * self._nbytes(tensor))
         return tensor
 
+    def average_(self, tensors: list[torch.Tensor]) -> int:
+        """Average ``tensors`` across the group, in place, with ``torch.distributed``'s
+        ``model_averaging.utils.average_parameters`` (one flat all-reduce); returns the
+        payload in bytes (the ring all-reduce's traffic is counted as modelled bytes).
+
+        torch rebinds each ``.data`` to a view of its flat buffer; the values are copied back
+        into each tensor's own storage instead, so a parameter keeps its address (and the CPU
+        kernels their rounding) whether or not the run was resumed in between.
+        """
+        from torch.distributed.algorithms.model_averaging.utils import average_parameters
+
+        payload = sum(self._nbytes(t) for t in tensors)
+        if self.world == 1 or not tensors:
+            return payload
+        storage = [t.data for t in tensors]
+        with self._timed():
+            average_parameters(iter(tensors), self.group)
+        for tensor, own in zip(tensors, storage):
+            own.copy_(tensor.data)
+            tensor.data = own
+        self.meter.modelled += int(2 * (self.world - 1) / self.world * payload)
+        return payload
+
     def all_gather_into_rows(self, tensor: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """All-gather one flat tensor per rank into the rows of ``out`` (group size, d)."""
         if self.world == 1:

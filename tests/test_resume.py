@@ -20,6 +20,9 @@ CASES = {
     "ddp": dict(method="ddp", nproc=2, task="synthetic", function="rosenbrock", dim=100, steps=12, lr=1e-3),
     "naive_dp": dict(method="naive_dp", nproc=2, task="vision", steps=8, batch_size=32, lr=0.01),
     "grad_accum": dict(method="grad_accum", micro_batches=2, task="vision", steps=8, batch_size=32, lr=0.01),
+    # stops at step 5, inside the round 3..5 of H=3; ranks' Adam moments and BatchNorm buffers differ
+    "local_sgd": dict(method="local_sgd", nproc=2, sync="constant", H_base=3, task="vision", model="resnet20",
+                      steps=8, batch_size=32, lr=0.01),
 }
 COMPARED = ["train_loss", "iteration"]
 
@@ -50,5 +53,8 @@ def test_resume_matches_uninterrupted(name: str, runs: dict) -> None:
     a = torch.load(full.path / "final.pt", weights_only=True)
     b = torch.load(resumed.path / "final.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    cols = [c for c in COMPARED + ["accepted", "threshold"] if c in full.metrics]
+    cols = [c for c in COMPARED + ["accepted", "threshold", "round_H", "syncs"] if c in full.metrics]
     assert full.metrics[cols].equals(resumed.metrics[cols])
+    rounds = full.path / "rounds.jsonl"  # local SGD's per-round records, rewritten from the checkpoint on
+    if rounds.exists():
+        assert rounds.read_text() == (resumed.path / "rounds.jsonl").read_text()

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 #: The methods shipped with the package, imported on first lookup (each registers itself).
 BUILTIN = ("serial", "paso", "optex", "naive_dp", "ddp", "grad_accum", "fsdp", "fsdp2", "tp", "fsdp2_tp", "pp",
-           "model_parallel", "pipeoptim", "pipedream", "spectrain", "async_nostash")
+           "model_parallel", "pipeoptim", "pipedream", "spectrain", "async_nostash", "local_sgd")
 
 
 @dataclass(frozen=True)

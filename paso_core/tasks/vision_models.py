@@ -1,11 +1,15 @@
-"""Image classifiers for the vision task: a small CNN, a small ViT, a GroupNorm ResNet-18.
+"""Image classifiers for the vision task: a small CNN, a small ViT, GroupNorm ResNets, and
+one BatchNorm ResNet (``resnet20``) for the local-SGD study.
 
-None of them uses BatchNorm or (by default) dropout. PASO treats training as the
+None but ``resnet20`` uses BatchNorm, and none uses dropout by default. PASO treats training as the
 recurrence ``x_{t+1} = U(x_t, s_t, grad L(x_t; batch_t))`` and solves it by fixed-point
 iteration over steps evaluated on different workers. BatchNorm's running statistics are
 extra state updated by every *forward* pass, not a function of the parameters: workers
 evaluating guessed iterates would each update them differently, so the fixed point (and
-the exactness check against serial training) would not exist. Dropout is harmless only
+the exactness check against serial training) would not exist; the step-parallel methods
+refuse ``resnet20`` for that reason. Local SGD needs a BatchNorm model instead: the QSR
+seed re-estimates BatchNorm statistics before each evaluation, and that path must be
+exercised. Dropout is harmless only
 because the task seeds it per step; it is off here to keep the models simple.
 
 :func:`vision_blocks` cuts each model into the ordered blocks pipeline stages run; the
@@ -20,7 +24,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-MODELS = ("cnn", "vit", "resnet18", "resnet101", "inception_v3")
+MODELS = ("cnn", "vit", "resnet18", "resnet101", "inception_v3", "resnet20")
+#: Models with BatchNorm: running statistics are state outside the parameters.
+BATCHNORM_MODELS = ("resnet20",)
 
 
 # --------------------------------------------------------------------------- CNN
@@ -237,6 +243,56 @@ class InceptionV3(nn.Module):
         return x
 
 
+# --------------------------------------------------------------------------- ResNet-20 (BatchNorm)
+class BasicBlockBN(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus the shortcut (1x1 conv + BN when the shape changes), ReLU."""
+
+    def __init__(self, in_channels: int, channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNetBN(nn.Module):
+    """The CIFAR ResNet of He et al. (2016), 6n+2 layers with BatchNorm; n=3 is ResNet-20.
+
+    Three stages of ``n`` basic blocks (16, 32, 64 channels, stride 2 between stages), global
+    average pooling and a linear head: 8x8 digits end at 2x2 maps, CIFAR-10 at 8x8.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, blocks_per_stage: int = 3,
+                 widths: tuple[int, int, int] = (16, 32, 64)) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        stages, channels = [], widths[0]
+        for i, width in enumerate(widths):
+            blocks = [BasicBlockBN(channels if j == 0 else width, width, 2 if i and j == 0 else 1)
+                      for j in range(blocks_per_stage)]
+            stages.append(nn.Sequential(*blocks))
+            channels = width
+        self.layer1, self.layer2, self.layer3 = stages
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """True when a module keeps BatchNorm running statistics."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 # --------------------------------------------------------------------------- factory
 def build_vision_model(name: str, in_channels: int, image_size: int, num_classes: int) -> nn.Module:
     """A freshly initialised classifier; the caller seeds the RNG for a reproducible init."""
@@ -250,6 +306,8 @@ def build_vision_model(name: str, in_channels: int, image_size: int, num_classes
         return resnet101_groupnorm(in_channels, image_size, num_classes)
     if name == "inception_v3":
         return InceptionV3(in_channels, image_size, num_classes)
+    if name == "resnet20":
+        return ResNetBN(in_channels, num_classes)
     raise ValueError(f"model={name!r} is not a vision model; choose one of: {', '.join(MODELS)}")
 
 
@@ -304,8 +362,10 @@ def vision_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
                                                                   model.layer4)) > 8 else _resnet_blocks(model)
     if isinstance(model, InceptionV3):
         return _inception_blocks(model)
+    if isinstance(model, ResNetBN):
+        return [(name, getattr(model, name)) for name in ("stem", "layer1", "layer2", "layer3", "head")]
     raise TypeError(f"no block layout for vision model {type(model).__name__}; "
-                    "known: SmallCNN, SmallViT, torchvision ResNet, InceptionV3")
+                    "known: SmallCNN, SmallViT, torchvision ResNet, InceptionV3, ResNetBN")
 
 
 def count_parameters(model: nn.Module) -> int:
