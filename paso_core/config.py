@@ -71,6 +71,8 @@ class RunConfig:
     eval_rows: int = option(1000, "first rows of validation and of test that evaluation scores (dataset=parquet)")
     model: str | None = option(None, "model (default: cnn for vision, gpt2-tiny for text)", VISION_MODELS + TEXT_MODELS)
     augment: bool = option(True, "random crop (+ flip on CIFAR-10) of training images")
+    label_noise: float = option(0.0, "fraction of training labels replaced by another class, fixed by the seed "
+                                "(vision: a harder generalization problem, as in the QSR pilot)")
     eval_batch_size: int = option(512, "examples per evaluation forward")
     eval_every: int = option(0, "evaluate every this many optimizer steps (0: only at the end)")
     # text task
@@ -283,6 +285,10 @@ def _check_task(cfg: RunConfig) -> None:
         check_choice("dataset", cfg.dataset, DATASETS_BY_TASK[cfg.task])
         check_choice("model", cfg.model, MODELS_BY_TASK[cfg.task])
         check_int("eval_batch_size", cfg.eval_batch_size)
+    check_number("label_noise", cfg.label_noise, 0.0, 1.0)
+    if cfg.label_noise and cfg.task != "vision":
+        raise ConfigError(f"label_noise={cfg.label_noise} corrupts class labels, so it needs task='vision' "
+                          f"(got task={cfg.task!r}); leave it at 0")
     check_choice("attn_implementation", cfg.attn_implementation, ATTN_IMPLEMENTATIONS)
     check_choice("dtype", cfg.dtype, MODEL_DTYPES)
     check_bool("eval_test", cfg.eval_test)

@@ -18,7 +18,8 @@ from pathlib import Path
 from .runs import artifacts_root
 
 REPO = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ("optex_comparison", "cifar_paso", "wikitext_paso", "parallel_strategies", "pipeoptim_curves")
+NOTEBOOKS = ("optex_comparison", "cifar_paso", "wikitext_paso", "parallel_strategies", "pipeoptim_curves",
+             "qsr_local_sgd")
 SCALES = ("smoke", "default", "paper")
 
 # benchmark command lines per scale (paper scale uses the scripts' own defaults)
@@ -73,8 +74,30 @@ def run_benchmark(name: str, scale: str, root: Path) -> JobResult:
     return JobResult(name, ok, time.perf_counter() - tic, detail)
 
 
+def previous_jobs(root: Path, scale: str) -> list[JobResult]:
+    """The job rows of an existing ``INDEX.md`` of the same scale (what a partial run keeps)."""
+    path = root / "INDEX.md"
+    if not path.exists() or path.read_text().splitlines()[:1] != [f"# Artifacts (scale: {scale})"]:
+        return []
+    jobs = []
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0] in NOTEBOOKS + tuple(BENCHMARKS) and cells[2].isdigit():
+            jobs.append(JobResult(cells[0], cells[1] == "ok", float(cells[2]), cells[3]))
+    return jobs
+
+
+def merged_jobs(previous: list[JobResult], jobs: list[JobResult]) -> list[JobResult]:
+    """This invocation's jobs, and the previous ones it did not rerun, in the main job's order."""
+    by_name = {j.name: j for j in previous} | {j.name: j for j in jobs}
+    order = ["engine_canary", *NOTEBOOKS, *[b for b in BENCHMARKS if b != "engine_canary"]]
+    return [by_name[name] for name in order if name in by_name]
+
+
 def write_index(root: Path, scale: str, jobs: list[JobResult]) -> Path:
-    """A Markdown index of every figure and table under ``root`` with the jobs' timings."""
+    """A Markdown index of every figure and table under ``root`` with the jobs' timings; jobs of
+    an earlier run at the same scale that were not rerun (``--only``) keep their rows."""
+    jobs = merged_jobs(previous_jobs(root, scale), jobs)
     lines = [f"# Artifacts (scale: {scale})", "", "| job | status | seconds | source |", "|---|---|---|---|"]
     for job in jobs:
         detail = job.detail.splitlines()[0] if job.ok else job.detail.splitlines()[-1]

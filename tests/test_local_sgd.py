@@ -73,6 +73,15 @@ def test_constant_period_ends_on_the_final_step() -> None:
     assert count_syncs(SyncRule("every_step"), spec) == 10
 
 
+def test_label_noise_moves_exactly_that_fraction_to_other_classes() -> None:
+    from paso_core.tasks.vision import noisy_labels
+
+    labels = torch.arange(1000) % 10
+    noisy = noisy_labels(labels, 10, 0.25, seed=4)
+    assert int((noisy != labels).sum()) == 250 and torch.equal(noisy, noisy_labels(labels, 10, 0.25, seed=4))
+    assert not torch.equal(noisy, noisy_labels(labels, 10, 0.25, seed=5)) and noisy.max() < 10
+
+
 # ------------------------------------------------------------------ bad input, before launch
 BASE = dict(method="local_sgd", task="vision", nproc=2, steps=8, batch_size=32)
 
@@ -86,6 +95,7 @@ BASE = dict(method="local_sgd", task="vision", nproc=2, steps=8, batch_size=32)
     (dict(physical_batch_size=5), "divisor of 16"),
     (dict(nproc=1), "nothing to average"),
     (dict(average_moments="some"), "none, first, all"),
+    (dict(label_noise=1.5), "label_noise=1.5"),
 ])
 def test_bad_input_is_named_before_launch(options: dict, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):

@@ -16,7 +16,8 @@ from paso_core.notebook_files import CHECK_CELL, PARAMETER_SNAPSHOT, SNAPSHOT_LI
 nbformat = pytest.importorskip("nbformat")
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ["cifar_paso", "wikitext_paso", "optex_comparison", "parallel_strategies", "pipeoptim_curves"]
+NOTEBOOKS = ["cifar_paso", "wikitext_paso", "optex_comparison", "parallel_strategies", "pipeoptim_curves",
+             "qsr_local_sgd"]
 
 
 def _after_parameters_cell(namespace: dict) -> dict:

@@ -20,6 +20,20 @@ def test_index_lists_figures_tables_and_failures(tmp_path) -> None:
     assert "| paso_scaling | FAILED | 4 | ValueError: boom |" in text
 
 
+def test_a_partial_run_keeps_the_other_jobs_rows_of_the_same_scale(tmp_path) -> None:
+    first = [reproduce.JobResult("engine_canary", True, 35, "benchmarks/engine_canary.py"),
+             reproduce.JobResult("cifar_paso", True, 200, "notebooks/cifar_paso.ipynb")]
+    reproduce.write_index(tmp_path, "default", first)
+    rerun = [reproduce.JobResult("qsr_local_sgd", True, 400, "notebooks/qsr_local_sgd.ipynb"),
+             reproduce.JobResult("cifar_paso", True, 210, "notebooks/cifar_paso.ipynb")]
+    text = reproduce.write_index(tmp_path, "default", rerun).read_text()
+    rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "seconds" not in line]
+    assert rows == ["engine_canary", "cifar_paso", "qsr_local_sgd"]  # the main job's order
+    assert "| cifar_paso | ok | 210 |" in text
+    other_scale = reproduce.write_index(tmp_path, "smoke", rerun[:1]).read_text()
+    assert "engine_canary" not in other_scale
+
+
 def test_unknown_job_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         reproduce.main(["--only", "cifar"])

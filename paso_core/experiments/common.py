@@ -43,7 +43,7 @@ __all__ = [
     "Runner", "describe_config", "planned_config", "run_plan", "by_key", "other_runnable", "peak_busy",
     "training_time", "run_table", "baseline_values", "num",
     "X_AXES", "is_eval_column", "rows_for", "final_x", "run_points", "run_curve", "curve_points",
-    "aggregate_curve", "sequential_curve", "iterations_to_reach", "column_rows",
+    "aggregate_curve", "sequential_curve", "iterations_to_reach", "column_rows", "per_optimizer", "names", "one_int",
 ]
 
 # =========================================================================== mean ± std
@@ -122,6 +122,43 @@ def aggregate(frame: pd.DataFrame, by: str | Sequence[str], columns: Sequence[st
                   n.rename(f"{col}_n")]
     parts += [groups[col].first().rename(col) for col in first]
     return pd.concat(parts, axis=1).reset_index()
+
+
+# =========================================================================== notebook parameters
+def per_optimizer(name: str, value: Any, optimizers: Sequence[str], kind: type = float) -> dict[str, Any]:
+    """A number for every optimizer: one number for all, a mapping, or 'momentum:0.05,adamw:2e-3'
+    (``=`` also accepted; papermill cannot parse a ``=`` inside a parameter's comment)."""
+    if isinstance(value, str) and any(sep in value for sep in ":="):
+        value = dict(part.replace("=", ":").split(":", 1) for part in value.replace(" ", "").split(",") if part)
+    if not isinstance(value, Mapping):
+        value = {opt: value for opt in optimizers}
+    missing = [opt for opt in optimizers if opt not in value]
+    if missing:
+        raise ConfigError(f"{name}={value!r} gives no value for optimizer(s) {missing}; give one number, or "
+                          f"one per optimizer like 'momentum:0.05,adamw:2e-3'")
+    try:
+        return {opt: kind(value[opt]) for opt in optimizers}
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={value!r} is not valid; give numbers, e.g. 'momentum:0.05,adamw:2e-3'") from None
+
+
+def one_int(name: str, value: Any, minimum: int = 1) -> int:
+    """One integer >= ``minimum`` from a number or a one-item list / string (papermill ``-p``)."""
+    from .. import report
+
+    items = report.parse_list(name, value, int)
+    if len(items) != 1 or items[0] < minimum:
+        raise ConfigError(f"{name}={value!r} is not valid; give one integer >= {minimum}")
+    return items[0]
+
+
+def names(name: str, value: Any, valid: Sequence[str]) -> list[str]:
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    unknown = [v for v in items if v not in valid]
+    if unknown or not items:
+        raise ConfigError(f"{name}={value!r} is not valid; choose from: {', '.join(valid)}")
+    return items
+
 
 
 # =========================================================================== plans and runs

@@ -101,31 +101,6 @@ STYLES = {"pipeoptim": ("C3", "-", "o"), "spectrain": ("C1", "--", "s"), "pipedr
 
 
 # =========================================================================== parameters
-def _per_optimizer(name: str, value: Any, optimizers: Sequence[str]) -> dict[str, float]:
-    """A number for every optimizer: one number for all, a mapping, or 'momentum:0.05,adamw:2e-3'
-    (``=`` also accepted; papermill cannot parse a ``=`` inside a parameter's comment)."""
-    if isinstance(value, str) and any(sep in value for sep in ":="):
-        value = dict(part.replace("=", ":").split(":", 1) for part in value.replace(" ", "").split(",") if part)
-    if not isinstance(value, Mapping):
-        value = {opt: value for opt in optimizers}
-    missing = [opt for opt in optimizers if opt not in value]
-    if missing:
-        raise ConfigError(f"{name}={value!r} gives no value for optimizer(s) {missing}; give one number, or "
-                          f"one per optimizer like 'momentum:0.05,adamw:2e-3'")
-    try:
-        return {opt: float(value[opt]) for opt in optimizers}
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}={value!r} is not valid; give numbers, e.g. 'momentum:0.05,adamw:2e-3'") from None
-
-
-def _names(name: str, value: Any, valid: Sequence[str]) -> list[str]:
-    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
-    unknown = [v for v in items if v not in valid]
-    if unknown or not items:
-        raise ConfigError(f"{name}={value!r} is not valid; choose from: {', '.join(valid)}")
-    return items
-
-
 def resolve_params(values: Mapping[str, Any], scale: str | None = None) -> dict[str, Any]:
     """The scale's preset with the given values on top, every list and number checked."""
     unknown = sorted(set(values) - set(PARAMETERS))
@@ -134,20 +109,17 @@ def resolve_params(values: Mapping[str, Any], scale: str | None = None) -> dict[
     params = report.resolve_parameters(dict(values), PRESETS, scale)
     from ..config import OPTIMIZERS
 
-    params["optimizer"] = _names("optimizer", params["optimizer"], OPTIMIZERS)
-    params["methods"] = _names("methods", params["methods"], METHODS)
-    params["agreement_methods"] = [m for m in _names("agreement_methods", params["agreement_methods"], METHODS)
+    params["optimizer"] = common.names("optimizer", params["optimizer"], OPTIMIZERS)
+    params["methods"] = common.names("methods", params["methods"], METHODS)
+    params["agreement_methods"] = [m for m in common.names("agreement_methods", params["agreement_methods"], METHODS)
                                    if m in ASYNC_METHODS]
-    params["studies"] = _names("studies", params["studies"], STUDIES)
-    params["lr"] = _per_optimizer("lr", params["lr"], params["optimizer"])
-    params["weight_decay"] = _per_optimizer("weight_decay", params["weight_decay"], params["optimizer"])
+    params["studies"] = common.names("studies", params["studies"], STUDIES)
+    params["lr"] = common.per_optimizer("lr", params["lr"], params["optimizer"])
+    params["weight_decay"] = common.per_optimizer("weight_decay", params["weight_decay"], params["optimizer"])
     params["seeds"] = report.parse_list("seeds", params["seeds"], int)
     params["lr_decay_at"] = report.parse_list("lr_decay_at", params["lr_decay_at"], float)
     for name in ("stages", "epochs", "batch_size", "text_steps"):
-        value = report.parse_list(name, params[name], int)
-        if len(value) != 1 or value[0] < 1:
-            raise ConfigError(f"{name}={params[name]!r} is not valid; give one positive integer")
-        params[name] = value[0]
+        params[name] = common.one_int(name, params[name])
     return params
 
 

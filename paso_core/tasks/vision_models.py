@@ -145,8 +145,11 @@ class ViTHead(nn.Module):
 
 
 def vit_patch_size(image_size: int) -> int:
-    """4 for 32x32 (64 patches), 2 for 8x8 (16 patches): image_size / 8, at least 1."""
-    return max(1, image_size // 8)
+    """4 for 32x32 (64 patches), 2 for 8x8 (16 patches): image_size / 8, at least 2.
+
+    (Before, 8x8 digits got 1-pixel patches, 64 tokens of one value each: 4x the attention
+    cost, and a ViT that barely learned digits in a few hundred steps.)"""
+    return min(image_size, max(2, image_size // 8))
 
 
 # --------------------------------------------------------------------------- ResNet-18
