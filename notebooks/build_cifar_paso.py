@@ -77,7 +77,7 @@ file holding the parameters and the machine), run directories to `artifacts/runs
 
 PARAMETERS = """\
 # Parameters (papermill -p NAME VALUE). None = take it from the scale's preset.
-P = None                 # PASO window size, also its number of workers (paper: 7)
+P = None                 # PASO window size (paper: 7)
 threshold = None         # PASO tolerance on 1e6 x the mean squared rollout-vs-guess change (paper: 1e-5)
 ema_decay = None         # threshold adaptation, tol <- tol*ema + err*(1-ema); 1.0 keeps it fixed (paper: 0.999)
 adaptivity = None        # "mean" | "median" of the window's errors in that update
@@ -90,6 +90,7 @@ dataset = None           # "cifar10" | "digits" (bundled, offline)
 data_root = None         # directory containing cifar-10-batches-py/ (None: $PASO_DATA or <checkout>/data)
 download = None          # True: download CIFAR-10 if missing (needs a network)
 nproc = None             # workers of naive DP and DDP
+paso_nproc = None        # PASO workers, each holding P/paso_nproc positions (None: P; 1: one device)
 seeds = None             # e.g. [0, 1, 2] (or "0,1,2" with papermill -p)
 eval_every = None        # steps between test-set evaluations (the accuracy curves' resolution)
 sweep_thresholds = None  # thresholds of the trade-off sweep (at the main ema_decay)
@@ -116,7 +117,8 @@ notebook_started = time.perf_counter()
 
 values = dict(P=P, threshold=threshold, ema_decay=ema_decay, adaptivity=adaptivity, steps=steps,
               batch_size=batch_size, lr=lr, optimizer=optimizer, model=model, dataset=dataset,
-              data_root=data_root, download=download, nproc=nproc, seeds=seeds, eval_every=eval_every,
+              data_root=data_root, download=download, nproc=nproc, paso_nproc=paso_nproc, seeds=seeds,
+              eval_every=eval_every,
               sweep_thresholds=sweep_thresholds, sweep_ema_decays=sweep_ema_decays,
               sweep_n_seeds=sweep_n_seeds, threads_per_worker=threads_per_worker)
 # Every planned run goes through paso_core.validate here, before any training: a bad P, model,

@@ -77,10 +77,11 @@ eval_batch_size = None  # sequences per evaluation forward pass
 eval_every = None       # steps between validation evaluations (the curves' resolution)
 lr = None               # Adam learning rate
 optimizer = None        # "adam" | "adamw" | "sgd" | "momentum"
-P = None                # PASO window size, one worker per position
+P = None                # PASO window size (one worker per position unless paso_nproc says otherwise)
 threshold = None        # PASO initial tolerance
 ema_decay = None        # PASO tolerance adaptation (1.0 keeps it fixed)
 nproc = None            # workers of naive DP and DDP
+paso_nproc = None       # PASO workers, each holding P/paso_nproc positions (None: P; 1: one device)
 seeds = None            # e.g. [0, 1, 2] (or "0,1,2" with papermill -p)
 """
 
@@ -105,7 +106,7 @@ notebook_started = time.perf_counter()
 values = dict(model=model, model_dir=model_dir, dataset=dataset, data_root=data_root, download=download,
               block_size=block_size, steps=steps, batch_size=batch_size, eval_batch_size=eval_batch_size,
               eval_every=eval_every, lr=lr, optimizer=optimizer, P=P, threshold=threshold, ema_decay=ema_decay,
-              nproc=nproc, seeds=seeds)
+              nproc=nproc, paso_nproc=paso_nproc, seeds=seeds)
 # Validates every run and checks the corpus before any training: dataset="wikitext2" without
 # its files stops here with the loader's message (never a silent switch to another corpus).
 plan = wt.prepare(values, scale)

@@ -179,17 +179,17 @@ class Comm:
         return tensor.numel() * tensor.element_size()
 
     # ------------------------------------------------------- point to point
-    def isend(self, tensor: torch.Tensor, dst: int) -> dist.Work:
+    def isend(self, tensor: torch.Tensor, dst: int, tag: int = 0) -> dist.Work:
         """Start sending ``tensor`` (contiguous, kept alive by the caller) to global rank ``dst``;
         returns the handle to ``wait()`` on. Non-blocking, so 1F1B schedules cannot deadlock."""
         self.meter.measured += self._nbytes(tensor)
         with self._timed():
-            return dist.isend(tensor, dst, group=self.group)
+            return dist.isend(tensor, dst, group=self.group, tag=tag)
 
-    def irecv(self, tensor: torch.Tensor, src: int) -> dist.Work:
+    def irecv(self, tensor: torch.Tensor, src: int, tag: int = 0) -> dist.Work:
         """Start receiving into ``tensor`` from global rank ``src``; returns the handle."""
         with self._timed():
-            return dist.irecv(tensor, src, group=self.group)
+            return dist.irecv(tensor, src, group=self.group, tag=tag)
 
     def wait(self, works: list[dist.Work]) -> None:
         with self._timed():
@@ -228,6 +228,29 @@ class Comm:
                 works.append(self.isend(payload, send_to))
         self.wait(works)
         return received
+
+    def exchange_tagged(self, sends: list[tuple[torch.Tensor, int, int]],
+                        recvs: list[tuple[torch.Tensor, int, int]]) -> None:
+        """Several messages at once: ``sends`` as ``(tensor, dst, tag)``, ``recvs`` as
+        ``(buffer, src, tag)``; all are posted, then all are waited for.
+
+        Why tags: a worker holding several window positions may send two messages to the same
+        rank in one round; the tag (the receiving position's slot) says which buffer each is
+        for. NCCL ignores tags and matches in posting order instead, which both sides keep
+        (ascending slot order).
+        """
+        if not sends and not recvs:
+            return
+        if self.device.type == "cuda":
+            ops = [dist.P2POp(dist.irecv, buf, src, group=self.group, tag=tag) for buf, src, tag in recvs]
+            ops += [dist.P2POp(dist.isend, t, dst, group=self.group, tag=tag) for t, dst, tag in sends]
+            self.meter.measured += sum(self._nbytes(t) for t, _, _ in sends)
+            with self._timed():
+                works = dist.batch_isend_irecv(ops)
+        else:
+            works = [self.irecv(buf, src, tag) for buf, src, tag in recvs]
+            works += [self.isend(t, dst, tag) for t, dst, tag in sends]
+        self.wait(works)
 
     # ----------------------------------------------------------- collectives
     def broadcast_(self, tensor: torch.Tensor, src: int) -> torch.Tensor:

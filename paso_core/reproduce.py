@@ -32,6 +32,9 @@ BENCHMARKS: dict[str, dict[str, list[str]]] = {
         "paper": ["--dim", "10000000", "--steps", "1000", "--relay"],
     },
     "vision_pipeline": {"smoke": ["--seconds", "0.5"], "default": [], "paper": []},
+    # PASO on P, 2 and 1 workers: the same trajectory, state / bytes / time per worker
+    "paso_placement": {"smoke": ["--P", "2", "4", "--dim", "2000", "--steps", "16", "--vision-steps", "8"],
+                       "default": [], "paper": ["--dim", "1000000", "--steps", "500", "--vision-steps", "500"]},
     # the script's defaults are the seed's OptEx benchmark (about a minute on 2 cores)
     "paso_seed_reference": {"smoke": ["--dim", "2000", "--steps", "100", "--P", "4"], "default": [], "paper": []},
     # every intra-step method side by side on one model, FSDP2 memory per rank vs world size

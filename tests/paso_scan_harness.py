@@ -1,11 +1,11 @@
 """Worker side of ``test_paso_scan.py``: PASO's real distributed rollout on injected gradients.
 
-Each spawned process is one window position of a gloo group. For every case it builds a
-:class:`~paso_core.methods.paso.PasoWorker` on a linear task whose gradient at step ``t`` is
-a fixed vector ``G[t]`` (so the gradients are known exactly, whatever the guesses), places
-the window (start step, start rank), sets the guesses and the start state, and runs the
-worker's own ``gradient`` -> rollout -> ``error_with_next_guess`` -> ``slide``. What each
-rank ends with is saved for the test to compare with a sequential rollout.
+Each spawned process holds ``P / world`` window positions of a gloo group. For every case it
+builds a :class:`~paso_core.methods.paso.PasoWorker` on a linear task whose gradient at step
+``t`` is a fixed vector ``G[t]`` (so the gradients are known exactly, whatever the guesses),
+places the window (start step, start slot), sets the guesses and the start state, and runs
+the worker's own ``gradients`` -> ``rollout_`` -> ``errors_with_next_guess`` -> ``slide``.
+What each position ends with is saved for the test to compare with a sequential rollout.
 """
 
 from __future__ import annotations
@@ -36,32 +36,34 @@ class Case:
     optimizer: str
     dtype: str
     start: int            # window start step b
-    start_rank: int       # rank holding position 0
+    start_slot: int       # slot holding position 0
     window: int           # active positions (< P at the end of training)
     accepted: int         # steps the slide accepts (1..window)
     grad_clip: float | None
     weight_decay: float | None = None
     seed: int = 0
 
-    def config(self, world: int) -> RunConfig:
-        """P = world; training ends at ``start + window`` when the window is cut short."""
-        steps = self.start + self.window if self.window < world else self.start + world + 5
-        return validate(RunConfig.from_dict(dict(method="paso", P=world, nproc=world, optimizer=self.optimizer, lr=0.05,
+    def config(self, P: int, world: int | None = None) -> RunConfig:
+        """P positions on ``world`` ranks (default P); training ends at ``start + window`` when
+        the window is cut short."""
+        steps = self.start + self.window if self.window < P else self.start + P + 5
+        return validate(RunConfig.from_dict(dict(method="paso", P=P, nproc=world or P, optimizer=self.optimizer, lr=0.05,
                                   lr_schedule="cosine", warmup_steps=3, steps=steps, grad_clip=self.grad_clip,
                                   weight_decay=self.weight_decay, progress=False)))
 
 
-def case_inputs(case: Case, world: int) -> dict[str, Any]:
-    """Gradients per step, one guess per position and the start state: a function of the case."""
-    gen = torch.Generator().manual_seed(1000 * case.seed + 17 * case.start + world)
+def case_inputs(case: Case, P: int) -> dict[str, Any]:
+    """Gradients per step, one guess per position and the start state: a function of the case
+    and P (not of the placement)."""
+    gen = torch.Generator().manual_seed(1000 * case.seed + 17 * case.start + P)
     dtype = DTYPES[case.dtype]
-    steps = case.config(world).steps
+    steps = case.config(P).steps
 
     def draw(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
 
     grads = draw(steps, DIM)
-    guesses = draw(world, DIM)
+    guesses = draw(P, DIM)
     names = {"sgd": (), "momentum": ("buf",), "adam": ("m", "v"), "adamw": ("m", "v")}[case.optimizer]
     state = {name: (draw(DIM).abs() * 0.01 if name == "v" else draw(DIM) * 0.1) for name in names}
     if case.start == 0:
@@ -87,42 +89,41 @@ class LinearTask:
         return (self.grads[step] * model()).sum()
 
 
-def run_case(ctx_base: dict[str, Any], case: Case) -> dict[str, Any]:
-    world, rank = ctx_base["world"], ctx_base["rank"]
-    cfg = case.config(world)
-    inputs = case_inputs(case, world)
+def run_case(ctx_base: dict[str, Any], case: Case) -> list[dict[str, Any]]:
+    world, rank, P = ctx_base["world"], ctx_base["rank"], ctx_base["P"]
+    cfg = case.config(P, world)
+    inputs = case_inputs(case, P)
     ctx = WorkerContext(cfg=cfg, rank=rank, world=world, local_rank=rank, device=torch.device("cpu"),
                         comm=Comm(rank, world, torch.device("cpu")), run_dir=ctx_base["run_dir"],
                         log=ctx_base["log"])
     worker = PasoWorker(ctx, LinearTask(inputs["grads"], inputs["guesses"][0]))
-    worker.win.start, worker.win.start_rank = case.start, case.start_rank
-    pos = worker.win.position(rank, world)
-    worker.layout.unpack_(worker.x, inputs["guesses"][pos])
-    for name, value in inputs["state"].items():
-        worker.layout.unpack_(worker.state[name], value)
-    active = pos < case.window
-    worker.gradient(pos, active)
-    if worker.rollout == "scan":
-        out_x, out_state = worker.scan_rollout(pos, active, case.window)
-    else:
-        out_x, out_state = worker.relay_rollout(pos, active)
+    worker.win.start, worker.win.start_slot = case.start, case.start_slot
+    for position in worker.positions:
+        worker.layout.unpack_(position.x, inputs["guesses"][worker.pos(position)])
+        for name, value in inputs["state"].items():
+            worker.layout.unpack_(position.state[name], value)
+    worker.gradients(case.window)
+    outputs = worker.rollout_(case.window)
+    errors = worker.errors_with_next_guess(case.window, outputs)
     pack = worker.layout.pack
-    result = {"pos": pos, "rollout": worker.rollout, "x": pack(out_x).clone(),
-              "state": {k: pack(v).clone() for k, v in out_state.items()}}
-    result["err"] = worker.error_with_next_guess(pos, case.window, out_x)
-    worker.slide(pos, case.window, case.accepted, out_x, out_state)
-    result.update({"x_after": pack(worker.x).clone(), "start_rank_after": worker.win.start_rank,
-                   "bytes_sent": ctx.comm.bytes_sent, "padded_numel": worker.x.numel(),
-                   "element_size": worker.x.element_size()})
-    return result
+    results = [{"pos": worker.pos(p), "rollout": worker.rollout, "x": pack(x).clone(),
+                "state": {k: pack(v).clone() for k, v in state.items()}, "err": err}
+               for p, (x, state), err in zip(worker.positions, outputs, errors)]
+    worker.slide(case.window, case.accepted, outputs)
+    for result, position in zip(results, worker.positions):
+        result.update({"x_after": pack(position.x).clone(), "start_slot_after": worker.win.start_slot,
+                       "bytes_sent": ctx.comm.bytes_sent, "padded_numel": position.x.numel(),
+                       "element_size": position.x.element_size(), "rank": rank, "per_rank": worker.per_rank})
+    return results
 
 
-def main(rank: int, world: int, port: int, cases: list[dict[str, Any]], out_dir: str) -> None:
+def main(rank: int, world: int, port: int, cases: list[dict[str, Any]], out_dir: str, P: int | None = None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     out = Path(out_dir)
-    base = {"rank": rank, "world": world, "run_dir": out, "log": logging.getLogger(f"harness.rank{rank}")}
+    base = {"rank": rank, "world": world, "P": P or world, "run_dir": out,
+            "log": logging.getLogger(f"harness.rank{rank}")}
     results = [run_case(base, Case(**case)) for case in cases]
     torch.save(results, out / f"rank{rank}.pt")
     dist.barrier()

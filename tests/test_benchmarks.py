@@ -74,3 +74,17 @@ def test_vision_pipeline_json_carries_full_provenance(tmp_path) -> None:
     assert env["cpu_model"] and env["torch"] and env["world_size"] == 1 and env["threads_per_worker"] == 1
     assert record["config"]["args"]["repeats"] == 1 and record["files"] == ["vision_pipeline.csv", "vision_pipeline.md"]
     assert len(pd.read_csv(tmp_path / "tables" / "vision_pipeline.csv")) == 3  # tensor x2, DataLoader w0
+
+
+def test_paso_placement_compares_placements_of_one_trajectory(tmp_path) -> None:
+    script = SCRIPT.parent / "paso_placement.py"
+    proc = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--P", "4", "--ranks", "0", "1",
+                           "--dim", "500", "--steps", "12", "--tasks", "synthetic"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "tables" / "paso_placement.csv")
+    paso = table[table.method == "paso"].set_index("workers")
+    assert list(paso.index) == [4, 1] and paso["same_trajectory"].all()
+    assert paso.loc[1, "positions_per_rank"] == 4 and paso.loc[1, "MB_sent_max_rank"] == 0
+    assert paso.loc[1, "state_MB_per_rank"] > paso.loc[4, "state_MB_per_rank"]
+    assert (tmp_path / "figures" / "paso_placement.png").is_file()

@@ -85,3 +85,16 @@ def test_papermill_with_an_unknown_parameter_fails_in_the_check_cell(name: str, 
     assert err.value.ename == "ConfigError" and "check_parameters(globals())" in err.value.source
     assert "['nonexistent_param']" in err.value.evalue and "scale" in err.value.evalue
     assert not (tmp_path / "artifacts" / "runs").exists()
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_notebook_is_its_builder_s_output(name: str) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"build_{name}", ROOT / "notebooks" / f"build_{name}.py")
+    builder = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(builder)
+    on_disk = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    assert [c.source for c in on_disk.cells] == [c.source for c in builder.build().cells], \
+        f"run python notebooks/build_{name}.py"

@@ -39,9 +39,9 @@ def test_threshold_ema_mean_and_median() -> None:
 
 
 def test_window_positions_rotate() -> None:
-    win = Window(start_rank=2)
+    win = Window(start_slot=2)
     assert [win.position(r, 4) for r in range(4)] == [2, 3, 0, 1]
-    assert [win.rank_of(p, 4) for p in range(4)] == [2, 3, 0, 1]
+    assert [win.slot_of(p, 4) for p in range(4)] == [2, 3, 0, 1]
 
 
 def test_scan_with_coupled_weight_decay_is_rejected_before_launch() -> None:

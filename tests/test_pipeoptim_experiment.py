@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pandas as pd
 import pytest
 
@@ -14,7 +13,6 @@ from paso_core.config import ConfigError
 from paso_core.experiments import pipeoptim as po
 from paso_core.runs import RunResult
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -68,17 +66,6 @@ def test_parameters_per_optimizer() -> None:
 def test_bad_input_stops_before_any_run(values: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         po.prepare(values, "smoke")
-
-
-def test_the_notebook_is_its_builder_s_output() -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("builder", ROOT / "notebooks" / "build_pipeoptim_curves.py")
-    builder = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(builder)
-    on_disk = nbformat.read(ROOT / "notebooks" / "pipeoptim_curves.ipynb", as_version=4)
-    assert [c.source for c in on_disk.cells] == [c.source for c in builder.build().cells], \
-        "run python notebooks/build_pipeoptim_curves.py"
 
 
 # --------------------------------------------------------------------------- tables on known runs

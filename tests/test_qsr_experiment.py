@@ -4,12 +4,10 @@ and its tables, verdict and figures on hand-made runs whose numbers are known.""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import matplotlib
-import nbformat
 import pandas as pd
 import pytest
 
@@ -18,7 +16,6 @@ from paso_core.experiments import qsr
 from paso_core.runs import RunResult
 
 matplotlib.use("Agg")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +65,6 @@ def test_public_vit_counts_are_the_paper_s() -> None:
 def test_bad_input_stops_before_any_run(values: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         qsr.prepare(values, "smoke")
-
-
-def test_the_notebook_is_its_builder_s_output() -> None:
-    spec = importlib.util.spec_from_file_location("builder", ROOT / "notebooks" / "build_qsr_local_sgd.py")
-    builder = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(builder)
-    on_disk = nbformat.read(ROOT / "notebooks" / "qsr_local_sgd.ipynb", as_version=4)
-    assert [c.source for c in on_disk.cells] == [c.source for c in builder.build().cells], \
-        "run python notebooks/build_qsr_local_sgd.py"
 
 
 # --------------------------------------------------------------------------- tables on known runs

@@ -15,6 +15,9 @@ CASES = {
     "paso": dict(method="paso", P=3, threshold=1e-3, ema_decay=0.9, task="synthetic", function="ackley",
                  dim=200, steps=40, lr=0.01),
     "serial": dict(method="serial", task="vision", steps=12, batch_size=32, lr=0.01),
+    # two window positions per worker: each worker checkpoints both of its slots
+    "paso_2_per_rank": dict(method="paso", P=4, nproc=2, threshold=1e-3, ema_decay=0.9, task="synthetic",
+                            function="ackley", dim=200, steps=40, lr=0.01),
     "optex": dict(method="optex", P=3, task="synthetic", function="rosenbrock", dim=200, steps=30, lr=1e-3,
                   grad_clip=100.0),
     "ddp": dict(method="ddp", nproc=2, task="synthetic", function="rosenbrock", dim=100, steps=12, lr=1e-3),

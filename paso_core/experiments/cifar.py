@@ -56,11 +56,13 @@ METHOD_LABELS = {"serial": "serial", "paso": "PASO", "naive_dp": "naive DP", "dd
 METHOD_COLORS = {"serial": "black", "paso": "tab:red", "naive_dp": "tab:blue", "ddp": "tab:green"}
 
 #: Every notebook parameter; ``None`` in the notebook means "take it from the scale preset".
-#: ``nproc`` is the worker count of the data-parallel methods; PASO always runs ``P``
-#: workers (one per window step) and serial one.
+#: ``nproc`` is the worker count of the data-parallel methods; PASO runs ``paso_nproc``
+#: workers holding ``P / paso_nproc`` window positions each (None: ``P``, one per position;
+#: 1: the seed's single-device mode; the trajectory is the same, only the time differs);
+#: serial runs one.
 PARAMETERS = (
     "P", "threshold", "ema_decay", "adaptivity", "steps", "batch_size", "lr", "optimizer",
-    "model", "dataset", "data_root", "download", "nproc", "seeds", "eval_every",
+    "model", "dataset", "data_root", "download", "nproc", "paso_nproc", "seeds", "eval_every",
     "sweep_thresholds", "sweep_ema_decays", "sweep_n_seeds", "threads_per_worker",
 )
 
@@ -79,21 +81,24 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "P": 4, "threshold": 1e-5, "ema_decay": 0.999, "adaptivity": "mean", "steps": 16,
         "batch_size": 32, "lr": 1e-3, "optimizer": "adam", "model": "cnn", "dataset": "digits",
-        "data_root": None, "download": False, "nproc": 2, "seeds": [0], "eval_every": 8,
+        "data_root": None, "download": False, "nproc": 2,
+        "paso_nproc": None, "seeds": [0], "eval_every": 8,
         "sweep_thresholds": [1e-5, 1e-1], "sweep_ema_decays": [], "sweep_n_seeds": 1,
         "threads_per_worker": 1,
     },
     "default": {
         "P": 4, "threshold": 1e-5, "ema_decay": 0.999, "adaptivity": "mean", "steps": 300,
         "batch_size": 64, "lr": 1e-3, "optimizer": "adam", "model": "cnn", "dataset": "digits",
-        "data_root": None, "download": False, "nproc": 2, "seeds": [0, 1, 2], "eval_every": 30,
+        "data_root": None, "download": False, "nproc": 2,
+        "paso_nproc": None, "seeds": [0, 1, 2], "eval_every": 30,
         "sweep_thresholds": [1e-5, 1e-2, 1e-1, 1.0], "sweep_ema_decays": [0.99, 1.0],
         "sweep_n_seeds": 1, "threads_per_worker": 1,
     },
     "paper": {
         "P": 7, "threshold": 1e-5, "ema_decay": 0.999, "adaptivity": "mean", "steps": 60_000,
         "batch_size": 128, "lr": 1e-3, "optimizer": "adam", "model": "cnn", "dataset": "cifar10",
-        "data_root": None, "download": True, "nproc": 8, "seeds": [0], "eval_every": 2000,
+        "data_root": None, "download": True, "nproc": 8,
+        "paso_nproc": None, "seeds": [0], "eval_every": 2000,
         "sweep_thresholds": [1e-6, 1e-5, 1e-4], "sweep_ema_decays": [0.99], "sweep_n_seeds": 1,
         "threads_per_worker": None,
     },
@@ -255,7 +260,7 @@ def run_options(params: Mapping[str, Any], method: str, seed: int, **overrides: 
     """The flat options of one run: the shared ones, the worker count, and only this
     method's own options (:data:`METHOD_OPTIONS`; ``overrides`` replace those, e.g. a sweep's
     threshold). Workers: serial 1, PASO ``P`` (one per window step), DP ``nproc``."""
-    nproc = {"serial": 1, "paso": params["P"]}.get(method, params["nproc"])
+    nproc = {"serial": 1, "paso": params["paso_nproc"] or params["P"]}.get(method, params["nproc"])
     own = {k: params[k] for k in METHOD_OPTIONS.get(method, ())}
     unknown = sorted(set(overrides) - set(own))
     if unknown:
@@ -715,7 +720,7 @@ def sweep_explorer(sweep: Sequence[RunResult], serial: RunResult | None) -> Any 
 def artifact_name(params: Mapping[str, Any], what: str) -> str:
     """``cifar_paso_<scale>_<dataset>_<model>_P<P>_<what>``: runs at other settings (``-p P 7``,
     smoke CI runs) do not overwrite each other's tables and figures."""
-    return f"{ARTIFACT_STEM}_{params['scale']}_{params['dataset']}_{params['model']}_P{params['P']}_{what}"
+    return f"{ARTIFACT_STEM}_{params['scale']}_{params['dataset']}_{params['model']}_P{params['P']}{common.placement_suffix(params)}_{what}"
 
 
 def artifact_config(plan: Plan) -> dict[str, Any]:

@@ -44,6 +44,7 @@ __all__ = [
     "training_time", "run_table", "baseline_values", "num",
     "X_AXES", "is_eval_column", "rows_for", "final_x", "run_points", "run_curve", "curve_points",
     "aggregate_curve", "sequential_curve", "iterations_to_reach", "column_rows", "per_optimizer", "names", "one_int",
+    "placement_suffix",
 ]
 
 # =========================================================================== mean ± std
@@ -159,6 +160,13 @@ def names(name: str, value: Any, valid: Sequence[str]) -> list[str]:
         raise ConfigError(f"{name}={value!r} is not valid; choose from: {', '.join(valid)}")
     return items
 
+
+
+def placement_suffix(params: Mapping[str, Any]) -> str:
+    """``_on<n>`` when PASO runs on fewer workers than ``P`` (same trajectory, other timings),
+    so such a run does not overwrite the one-worker-per-position artifacts."""
+    n = params.get("paso_nproc")
+    return f"_on{n}" if n and n != params["P"] else ""
 
 
 # =========================================================================== plans and runs

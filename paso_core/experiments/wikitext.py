@@ -62,11 +62,14 @@ METHOD_STYLES = {"serial": ("-", 3.5), "paso": ("-", 1.8), "naive_dp": ("--", 1.
 ARTIFACT_STEM = "wikitext_paso"
 
 #: Every notebook parameter; ``None`` in the notebook means "take it from the scale preset".
-#: ``nproc`` is the worker count of the data-parallel methods; PASO always runs ``P``
-#: workers (one per window step) and serial one.
+#: ``nproc`` is the worker count of the data-parallel methods; PASO runs ``paso_nproc``
+#: workers holding ``P / paso_nproc`` window positions each (None: ``P``, one per position;
+#: 1: the seed's single-device mode; the trajectory is the same, only the time differs);
+#: serial runs one.
 PARAMETERS = (
     "model", "model_dir", "dataset", "data_root", "download", "block_size", "steps", "batch_size",
-    "eval_batch_size", "eval_every", "lr", "optimizer", "P", "threshold", "ema_decay", "nproc", "seeds",
+    "eval_batch_size", "eval_every", "lr", "optimizer", "P", "threshold", "ema_decay", "nproc",
+    "paso_nproc", "seeds",
 )
 
 #: Scale presets.
@@ -91,18 +94,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": "gpt2-tiny", "model_dir": None, "dataset": "pydoc", "data_root": None, "download": False,
         "block_size": 32, "steps": 8, "batch_size": 8, "eval_batch_size": 64, "eval_every": 4,
         "lr": 1e-3, "optimizer": "adam", "P": 2, "threshold": 1e-5, "ema_decay": 0.999, "nproc": 2,
+        "paso_nproc": None,
         "seeds": [0],
     },
     "default": {
         "model": "gpt2-tiny", "model_dir": None, "dataset": "pydoc", "data_root": None, "download": False,
         "block_size": 64, "steps": 200, "batch_size": 16, "eval_batch_size": 128, "eval_every": 20,
         "lr": 1e-3, "optimizer": "adam", "P": 4, "threshold": 1e-5, "ema_decay": 0.999, "nproc": 2,
+        "paso_nproc": None,
         "seeds": [0],
     },
     "paper": {
         "model": "gpt2", "model_dir": None, "dataset": "wikitext2", "data_root": None, "download": False,
         "block_size": 128, "steps": 1000, "batch_size": 112, "eval_batch_size": 64, "eval_every": 50,
         "lr": 6e-5, "optimizer": "adam", "P": 7, "threshold": 1e-5, "ema_decay": 0.999, "nproc": 8,
+        "paso_nproc": None,
         "seeds": [0],
     },
 }
@@ -183,7 +189,7 @@ def run_options(params: Mapping[str, Any], method: str, seed: int) -> dict[str, 
     }
     if params.get("model_dir") is not None:
         opts["model_dir"] = params["model_dir"]
-    opts["nproc"] = {"serial": 1, "paso": params["P"]}.get(method, params["nproc"])
+    opts["nproc"] = {"serial": 1, "paso": params["paso_nproc"] or params["P"]}.get(method, params["nproc"])
     opts.update({k: params[k] for k in METHOD_OPTIONS.get(method, ())})
     return opts
 
@@ -578,7 +584,7 @@ def recompute_perplexity(run: RunResult, split: str = "validation", chunk_blocks
 def artifact_name(params: Mapping[str, Any], what: str) -> str:
     """``wikitext_paso_<scale>_<dataset>_<model>_P<P>_<what>``: runs at other settings (``-p P 7``,
     smoke CI runs) do not overwrite each other's tables and figures."""
-    return f"{ARTIFACT_STEM}_{params['scale']}_{params['dataset']}_{params['model']}_P{params['P']}_{what}"
+    return f"{ARTIFACT_STEM}_{params['scale']}_{params['dataset']}_{params['model']}_P{params['P']}{common.placement_suffix(params)}_{what}"
 
 
 def artifact_config(plan: Plan, results: Mapping[str, Sequence[RunResult]] | None = None) -> dict[str, Any]:

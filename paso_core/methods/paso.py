@@ -1,7 +1,8 @@
 """PASO: step-parallel training by fixed-point iteration over a sliding window of P steps.
 
-One worker per window position. Each iteration: every worker computes the gradient of
-its step at its current guess; the window is rolled out from the exact start state
+Placement: each worker holds ``positions_per_rank = P / nproc`` window positions (one per
+worker by default; all ``P`` on one worker is the seed's single-device ``--training_mode
+parallel``). Each iteration: every position's gradient is computed at its current guess; the window is rolled out from the exact start state
 (prefix scan, or a relay chain for coupled weight decay); each rollout iterate is
 compared with the next position's guess; the converged prefix is accepted and the
 window slides (the method is described in ``docs/paso.md``).
@@ -10,7 +11,10 @@ Exactness: the window start's step is ``torch.optim``'s own ``step()`` (:class:`
 on the model's parameters, after ``clip_grad_norm_`` on the model's gradients -- the very
 calls serial training makes, on tensors of the same shapes and alignment. With threshold 0
 (and ``K = T``) PASO therefore equals serial bit for bit on any machine, given the same
-thread count.
+thread count. The trajectory depends on ``P``, never on the placement: a position does the
+same operations wherever it lives (the scan runs every position's rounds in lock step,
+:func:`~paso_core.optim.scan.prefix_scan_many_`); only where a partner's message comes from
+changes (a copy between positions of one worker, a tagged message between workers).
 
 Threshold statistic: like the seed, which keeps ``P + 1`` guesses, every iteration has one
 error per position; the last position, whose next guess does not exist yet, compares its
@@ -20,17 +24,17 @@ takes the middle entry of the errors in window order (``errors[len // 2]``), as 
 its guess is one step behind, so it inflates the tolerance, which costs quality on some tasks
 (the WikiText artifact measures both).
 
-Memory per rank: the model, its guess (a padded flat copy of the parameters, written into
-the model before each gradient, see :class:`FlatParams`), one gradient
-(which doubles as the parameter scan's accumulator), one optimizer state, and two
-preallocated buffers (the optimizer-state scan accumulator and one receive buffer), whatever
-``P`` is; a scan iteration allocates nothing parameter-sized. Positions rotate over ranks as
-the window slides, so the new window start is simply the rank that already holds the
-accepted state: nothing is copied except the last iterate to the new tail positions, sent
+Memory per rank: one model, and per position it holds (:class:`Position`) its guess (a
+padded flat copy of the parameters, written into the model before each gradient, see
+:class:`FlatParams`), one gradient (which doubles as the parameter scan's accumulator), one
+optimizer state, and two preallocated buffers (the optimizer-state scan accumulator and one
+receive buffer), whatever ``P`` is; a scan iteration allocates nothing parameter-sized.
+Positions rotate over fixed slots as the window slides, so the new window start is simply
+the slot that already holds the accepted state: nothing is copied except the last iterate to the new tail positions, sent
 down a binomial tree, so no rank sends more than ``ceil(log2 P)`` copies of it.
 
-Bytes per iteration on the busiest rank, in parameter vectors of ``d`` elements:
-``ceil(log2 P) * (n_state + 1)`` for the scan, ``1`` for the error exchange and
+Bytes per iteration on the busiest rank, in parameter vectors of ``d`` elements, per position
+it holds: ``ceil(log2 P) * (n_state + 1)`` for the scan, ``1`` for the error exchange and
 ``ceil(log2 P)`` (``2 ceil(log2 P)`` with ``init="extrapolate"``) for the tail seed.
 """
 
@@ -41,14 +45,14 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 
 from ..config import RunConfig, check_window
 from ..context import WorkerContext
 from ..distributed import Comm
-from ..optim.scan import param_coeff, param_offset_into, prefix_scan_, state_coeffs, state_offsets_into
+from ..optim.scan import param_coeff, param_offset_into, prefix_scan_many_, state_coeffs, state_offsets_into
 from ..optim.updates import OptimSpec, TorchStep, functional_step, init_state, lr_at as lr_of
 from ..options import ConfigError, MethodOptions, check_int, check_number, check_path_or_none, option
 from ..parallel import ParallelDims
@@ -74,7 +78,9 @@ class PasoOptions(MethodOptions):
     #: threshold 0 with a fixed tolerance accepts only exact iterates: serial training's steps
     EXACT_REPLAY: ClassVar[Mapping[str, Any]] = {"threshold": 0.0, "ema_decay": 1.0}
 
-    P: int = option(4, "window size: steps solved in parallel, one worker each")
+    P: int = option(4, "window size: steps solved in parallel")
+    positions_per_rank: int | None = option(None, "window positions each worker holds (None: P / nproc, or 1 when "
+                                            "nproc is not given); P on one worker is the seed's single-device mode")
     threshold: float = option(1e-5, "initial tolerance on the per-position error (0: exact serial)")
     ema_decay: float = option(0.999, "tolerance <- tolerance*ema + window statistic*(1-ema); 1: fixed")
     adaptivity: str = option("mean", "window statistic of the errors that adapts the tolerance", ADAPTIVITY)
@@ -90,6 +96,7 @@ class PasoOptions(MethodOptions):
         super().check(cfg)
         check_int("P", self.P)
         check_window(cfg, self.P)
+        _check_placement(self, cfg.world_size)
         check_number("threshold", self.threshold, 0.0)
         check_number("ema_decay", self.ema_decay, 0.0, 1.0)
         _check_init_trajectory(self)
@@ -98,6 +105,21 @@ class PasoOptions(MethodOptions):
                 f"rollout='scan' needs weight decay outside the gradient; optimizer={cfg.optimizer!r} with "
                 f"weight_decay={cfg.resolved_weight_decay} couples it in: use rollout='relay' or 'auto', "
                 "or optimizer='adamw'")
+
+
+def _check_placement(opts: PasoOptions, world: int) -> None:
+    """The workers must share the window evenly, and agree with ``positions_per_rank`` if given."""
+    divisors = [n for n in range(1, opts.P + 1) if opts.P % n == 0]
+    if opts.P % world:
+        raise ConfigError(f"nproc*nnodes={world} does not divide P={opts.P}: every worker holds the same number of "
+                          f"window positions; choose nproc*nnodes among {', '.join(map(str, divisors))}")
+    if opts.positions_per_rank is not None:
+        check_int("positions_per_rank", opts.positions_per_rank)
+        if opts.positions_per_rank * world != opts.P:
+            raise ConfigError(f"positions_per_rank={opts.positions_per_rank} with nproc*nnodes={world} holds "
+                              f"{opts.positions_per_rank * world} positions, not P={opts.P}; use positions_per_rank="
+                              f"{opts.P // world}, or nproc={opts.P // opts.positions_per_rank} if that divides P, "
+                              "or leave one of them unset")
 
 
 def _check_init_trajectory(cfg: PasoOptions) -> None:
@@ -118,28 +140,40 @@ def _check_init_trajectory(cfg: PasoOptions) -> None:
 
 
 def window_dims(cfg: RunConfig) -> ParallelDims:
-    """One rank per window position."""
-    return ParallelDims(window=cfg.options.P)
+    """One rank per group of ``positions_per_rank`` window positions."""
+    return ParallelDims(window=cfg.world_size)
 
+
+def positions_per_rank(P: int, world: int) -> int:
+    """Window positions each rank holds: ``P / world`` (the world must divide ``P``)."""
+    if world < 1 or P % world:
+        raise ValueError(f"{world} ranks cannot share a window of P={P} positions evenly")
+    return P // world
 
 
 @dataclass
 class Window:
-    """Bookkeeping that every rank holds identically (decided from gathered scalars)."""
+    """Bookkeeping that every rank holds identically (decided from gathered scalars).
+
+    Window positions live in ``P`` fixed *slots*; slot ``s`` is held by rank ``s // m`` (``m``
+    positions per rank). Position ``p`` of the window is slot ``(start_slot + p) % P``, so
+    positions rotate over slots as the window slides and the new window start is the slot
+    that already holds the accepted state.
+    """
 
     start: int = 0          # b: first step of the window (its guess is exact)
-    start_rank: int = 0     # rank holding window position 0
+    start_slot: int = 0     # slot holding window position 0
     threshold: float = 0.0
     iterations: int = 0     # K
     grad_evals: int = 0     # G
     last_loss: float = float("nan")
     history: list[int] = field(default_factory=list)
 
-    def position(self, rank: int, size: int) -> int:
-        return (rank - self.start_rank) % size
+    def position(self, slot: int, size: int) -> int:
+        return (slot - self.start_slot) % size
 
-    def rank_of(self, pos: int, size: int) -> int:
-        return (self.start_rank + pos) % size
+    def slot_of(self, pos: int, size: int) -> int:
+        return (self.start_slot + pos) % size
 
 
 def accepted_steps(errors: list[float], threshold: float, window: int) -> int:
@@ -170,34 +204,75 @@ def updated_threshold(threshold: float, errors: list[float], ema_decay: float, a
     return threshold * ema_decay + stat * (1 - ema_decay)
 
 
-def tree_broadcast_(comm: Comm, tensor: torch.Tensor, ranks: list[int], me: int) -> None:
-    """Broadcast ``tensor`` from ``ranks[0]`` to the other ``ranks`` down a binomial tree.
 
-    Why not ``dist.broadcast``: it would need a process group per set of ranks, and a
-    root-sends-all scheme costs the root ``(n-1)`` copies; here no rank sends more than
-    ``ceil(log2 n)`` copies, which keeps PASO's busiest rank at ``O(d log P)`` bytes.
+class SlotRouter:
+    """Moves tensors between window slots: a copy when both slots live on this rank, a
+    tagged point-to-point message otherwise (tag: the receiving slot).
+
+    Every routing call takes a batch of sends and receives of this rank's slots, posts the
+    remote ones together and returns when all have arrived; local payloads are copied first,
+    so a slot may overwrite what it sent as soon as the call returns.
     """
-    if me not in ranks:
-        return
-    i, n, offset = ranks.index(me), len(ranks), 1
+
+    def __init__(self, comm: Comm, rank: int, per_rank: int) -> None:
+        self.comm, self.rank, self.per_rank = comm, rank, per_rank
+
+    def rank_of(self, slot: int) -> int:
+        return slot // self.per_rank
+
+    def is_local(self, slot: int) -> bool:
+        return self.rank_of(slot) == self.rank
+
+    def route(self, sends: dict[int, tuple[int, torch.Tensor]], recvs: dict[int, tuple[int, torch.Tensor]]) -> None:
+        """``sends[src] = (dst, tensor)``, ``recvs[dst] = (src, buffer)``, keyed by this rank's slots."""
+        local: dict[tuple[int, int], torch.Tensor] = {}
+        remote_sends = []
+        for src in sorted(sends):
+            dst, tensor = sends[src]
+            if self.is_local(dst):
+                local[(src, dst)] = tensor
+            else:
+                remote_sends.append((tensor.contiguous(), self.rank_of(dst), dst))
+        remote_recvs = []
+        for dst in sorted(recvs):
+            src, buffer = recvs[dst]
+            if self.is_local(src):
+                buffer.copy_(local[(src, dst)])
+            else:
+                remote_recvs.append((buffer, self.rank_of(src), dst))
+        self.comm.exchange_tagged(remote_sends, remote_recvs)
+
+
+def tree_broadcast_(router: SlotRouter, buffers: dict[int, torch.Tensor], slots: list[int]) -> None:
+    """Broadcast ``buffers[slots[0]]`` to the other ``slots`` down a binomial tree.
+
+    ``buffers`` holds this rank's slots' buffers (the source's holds the payload). Why not
+    ``dist.broadcast``: it would need a process group per set of ranks, and a root-sends-all
+    scheme costs the root ``(n-1)`` copies; here no slot sends more than ``ceil(log2 n)``
+    copies, which keeps PASO's busiest rank at ``O(d log P)`` bytes per position it holds.
+    """
+    n, offset = len(slots), 1
+    mine = [(i, s) for i, s in enumerate(slots) if s in buffers]
     while offset < n:
-        if i < offset and i + offset < n:
-            comm.exchange(tensor, ranks[i + offset], None)
-        elif offset <= i < 2 * offset:
-            comm.exchange(None, None, ranks[i - offset], recv_into=tensor)
+        sends = {s: (slots[i + offset], buffers[s]) for i, s in mine if i < offset and i + offset < n}
+        recvs = {s: (slots[i - offset], buffers[s]) for i, s in mine if offset <= i < 2 * offset}
+        router.route(sends, recvs)
         offset *= 2
 
 
-def busiest_rank_vectors(n_state: int, P: int, rollout: str = "scan", extrapolate: bool = False) -> int:
+def busiest_rank_vectors(n_state: int, P: int, rollout: str = "scan", extrapolate: bool = False,
+                         per_rank: int = 1) -> int:
     """Parameter vectors the busiest rank may send in one iteration (the claimed bound).
 
-    Scan: ``ceil(log2 P)`` rounds of the state and the parameter scans; relay: one packed
-    state; both: one guess for the error exchange and, down the tree, ``ceil(log2 P)`` tail
-    seeds (two vectors each when extrapolating). The decision gather is a few floats.
+    Per position: scan: ``ceil(log2 P)`` rounds of the state and the parameter scans; relay:
+    one packed state; both: one guess for the error exchange and, down the tree,
+    ``ceil(log2 P)`` tail seeds (two vectors each when extrapolating). A rank holding
+    ``per_rank`` positions sends at most that many times as much (less: messages between its
+    own positions are copies). The decision gather is a few floats.
     """
     rounds = math.ceil(math.log2(P)) if P > 1 else 0
     rollout_vectors = rounds * (n_state + 1) if rollout == "scan" else n_state + 1
-    return rollout_vectors + 1 + rounds * (2 if extrapolate else 1)
+    return per_rank * (rollout_vectors + 1 + rounds * (2 if extrapolate else 1))
 
 
 def load_trajectory(path: str, layout: FlatLayout, steps: int) -> torch.Tensor:
@@ -220,74 +295,134 @@ def choose_rollout(requested: str, spec: OptimSpec) -> str:
     return requested
 
 
+class Position:
+    """One window slot held by this rank: its guess, gradient, optimizer state and buffers.
+
+    Memory per position: the guess (a padded flat copy of the parameters, written into the
+    rank's one model before each gradient, see :class:`FlatParams`), one gradient (which
+    doubles as the parameter scan's accumulator), one optimizer state, the optimizer-state
+    scan accumulator and one receive buffer (which also carries the new tail's seed).
+    """
+
+    def __init__(self, slot: int, flat: FlatParams, spec: OptimSpec, extrapolate: bool) -> None:
+        self.slot = slot
+        self.x = flat.new_vector()
+        self.grad = torch.zeros_like(self.x)
+        self.state = init_state(spec, self.x)
+        self.exact = TorchStep(spec, flat.layout.views(self.x))
+        d, n_state = self.x.numel(), len(spec.state_names)
+        self.scan_state = self.x.new_empty(d * n_state)
+        self.recv = self.x.new_empty(d * max(n_state, 2 if extrapolate else 1))
+        self.guess_before_slide: torch.Tensor | None = None  # init="extrapolate"
+
+
+#: One position's rollout output: its iterate and optimizer state (views into its buffers).
+Output = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
 class PasoWorker:
-    """One rank's part of PASO: its guess, gradient and optimizer state."""
+    """One rank's part of PASO: the window positions (slots) it holds, one model for all."""
 
     def __init__(self, ctx: WorkerContext, task: Task) -> None:
         self.ctx, self.task, self.cfg, self.opts = ctx, task, ctx.cfg, ctx.options
-        self.P = ctx.world
+        self.P = self.opts.P
+        self.per_rank = positions_per_rank(self.P, ctx.world)
         self.spec = OptimSpec.from_config(self.cfg)
         self.rollout = choose_rollout(self.opts.rollout, self.spec)
         self.model = task.build_model()
-        # this rank's guess: a padded flat copy of the model's parameters
         self.flat = FlatParams(self.model, ALIGN_BYTES)
-        self.x, self.layout = self.flat.new_vector(), self.flat.layout
-        self.grad = torch.zeros_like(self.x)
-        self.state = init_state(self.spec, self.x)
-        self.exact = TorchStep(self.spec, self.layout.views(self.x))
-        d, n_state = self.x.numel(), len(self.spec.state_names)
-        # Reused every iteration: the phase-1 (optimizer state) scan accumulator, and one
-        # receive buffer that also carries the new tail's seed when the window slides. The
-        # phase-2 (parameter) accumulator is ``self.grad``: the gradient is spent by then.
-        self.scan_state = self.x.new_empty(d * n_state)
-        self.recv = self.x.new_empty(d * max(n_state, 2 if self.opts.init == "extrapolate" else 1))
+        self.layout = self.flat.layout
+        extrapolate = self.opts.init == "extrapolate"
+        first = ctx.rank * self.per_rank
+        self.positions = [Position(s, self.flat, self.spec, extrapolate) for s in range(first, first + self.per_rank)]
+        self.router = SlotRouter(ctx.comm, ctx.rank, self.per_rank)
         self.win = Window(threshold=self.opts.threshold)
-        self._bytes_at_gather = 0
-        # init="extrapolate": the last position's guess before the slide, to form its step
-        self._guess_before_slide: torch.Tensor | None = None
         # init="trajectory": new guesses are read from a recorded trajectory (tests, warm starts)
         self.trajectory = (load_trajectory(str(self.opts.init_trajectory), self.layout, self.cfg.steps)
                            if self.opts.init == "trajectory" else None)
-        self._guess_from_trajectory(self.win.position(ctx.rank, self.P))
+        for position in self.positions:
+            self._guess_from_trajectory(position, self.pos(position))
 
-    def _guess_from_trajectory(self, step: int) -> None:
-        """Take the recorded parameters of ``step`` as this rank's guess (never for the exact start)."""
+    @property
+    def x(self) -> torch.Tensor:
+        """The guess of this rank's first slot (one position per rank: its only guess)."""
+        return self.positions[0].x
+
+    def pos(self, position: Position) -> int:
+        return self.win.position(position.slot, self.P)
+
+    def holder_of(self, pos: int) -> int:
+        """The rank holding window position ``pos``."""
+        return self.router.rank_of(self.win.slot_of(pos, self.P))
+
+    def _guess_from_trajectory(self, position: Position, step: int) -> None:
+        """Take the recorded parameters of ``step`` as a guess (never for the exact start)."""
         if self.trajectory is not None and self.win.start < step <= self.cfg.steps:
-            self.layout.unpack_(self.x, self.trajectory[step].to(self.x))
+            self.layout.unpack_(position.x, self.trajectory[step].to(position.x))
 
     # --------------------------------------------------------------- one iteration
-    def gradient(self, pos: int, active: bool) -> tuple[float, float]:
+    def gradients(self, window: int) -> list[tuple[float, float]]:
+        """Each active position's gradient at its guess, in ``grad``: ``(loss, seconds)`` per position."""
+        return [self.gradient(position, self.pos(position) < window) for position in self.positions]
+
+    def gradient(self, position: Position, active: bool) -> tuple[float, float]:
         if not active:
-            self.grad.zero_()
+            position.grad.zero_()
             return float("nan"), 0.0
         tic = time.perf_counter()
-        step = self.win.start + pos
-        self.flat.load_(self.x)
+        step = self.win.start + self.pos(position)
+        self.flat.load_(position.x)
         loss = loss_and_grad(self.task, self.model, self.task.train_batch(step), step)
         clip_model_grads_(self.model, self.spec.grad_clip)
-        self.flat.grad_into(self.grad)
+        self.flat.grad_into(position.grad)
         self.model.zero_grad(set_to_none=True)  # the flat copy is all the rollout needs
         return loss, time.perf_counter() - tic
 
-    def exact_step_(self) -> None:
-        """The window start's step, in place on this rank's guess and state: ``torch.optim``'s
+    def exact_step_(self, position: Position) -> None:
+        """The window start's step, in place on the position's guess and state: ``torch.optim``'s
         own step (see :class:`TorchStep`), so it is bitwise the serial step."""
-        views = {name: self.layout.views(self.state[name]) for name in self.spec.state_names}
-        self.exact.step_(self.win.start, self.layout.views(self.grad), views)
+        views = {name: self.layout.views(position.state[name]) for name in self.spec.state_names}
+        position.exact.step_(self.win.start, self.layout.views(position.grad), views)
 
-    def scan_rollout(self, pos: int, active: bool, window: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Both phases of the affine prefix scan; returns this position's rolled-out state.
+    def rollout_(self, window: int) -> list[Output]:
+        return self.scan_rollout(window) if self.rollout == "scan" else self.relay_rollout(window)
+
+    def _exchange_all(self, tensors: Sequence[torch.Tensor], offset: int) -> list[torch.Tensor | None]:
+        """One scan round for every position here: send to ``pos + offset``, receive from ``pos - offset``."""
+        sends, recvs, out = {}, {}, []
+        for position, tensor in zip(self.positions, tensors):
+            pos = self.pos(position)
+            if pos + offset < self.P:
+                sends[position.slot] = (self.win.slot_of(pos + offset, self.P), tensor)
+            buffer = position.recv[:tensor.numel()] if pos - offset >= 0 else None
+            if buffer is not None:
+                recvs[position.slot] = (self.win.slot_of(pos - offset, self.P), buffer)
+            out.append(buffer)
+        self.router.route(sends, recvs)
+        return out
+
+    def scan_rollout(self, window: int) -> list[Output]:
+        """Both phases of the affine prefix scan; returns each position's rolled-out state.
 
         The results are views into the reused scan buffers: valid until the next gradient.
         """
-        spec, b, names, d = self.spec, self.win.start, self.spec.state_names, self.x.numel()
-        states = [self.scan_state[k * d:(k + 1) * d] for k in range(len(names))]
-        acc_x = self.grad  # phase 2 overwrites the gradient (SGD's offset is the gradient itself)
-
-        def exchange(tensor: torch.Tensor, offset: int) -> torch.Tensor | None:
-            send = self.win.rank_of(pos + offset, self.P) if pos + offset < self.P else None
-            recv = self.win.rank_of(pos - offset, self.P) if pos - offset >= 0 else None
-            return self.ctx.comm.exchange(tensor, send, recv, recv_into=self.recv[:tensor.numel()])
+        spec, b, names = self.spec, self.win.start, self.spec.state_names
+        d = self.x.numel()
+        states, accs = [], []
+        for position in self.positions:
+            pos = self.pos(position)
+            mine = [position.scan_state[k * d:(k + 1) * d] for k in range(len(names))]
+            states.append(mine)
+            accs.append(position.grad)  # phase 2 overwrites the gradient (SGD's offset is the gradient)
+            if pos == 0:  # the exact step from the window start, folded in as a constant map
+                self.exact_step_(position)
+                for k, name in enumerate(names):
+                    mine[k].copy_(position.state[name])
+                position.grad.copy_(position.x)
+            elif pos < window:
+                state_offsets_into(spec, position.grad, mine)
+            else:
+                position.scan_state.zero_()
 
         def coeffs1(p: int) -> list[float]:
             return [0.0] * len(names) if p == 0 else (state_coeffs(spec, b + p) if p < window else [1.0] * len(names))
@@ -295,105 +430,127 @@ class PasoWorker:
         def coeffs2(p: int) -> list[float]:
             return [0.0] if p == 0 else ([param_coeff(spec, b + p)] if p < window else [1.0])
 
-        if pos == 0:  # the exact step from the window start, folded in as a constant map
-            self.exact_step_()
-            for k, name in enumerate(names):
-                states[k].copy_(self.state[name])
-            acc_x.copy_(self.x)
-        elif active:
-            state_offsets_into(spec, self.grad, states)
-        else:
-            self.scan_state.zero_()
-        prefix_scan_([coeffs1(p) for p in range(self.P)], self.scan_state, [d] * len(names), pos, exchange)
-        if pos > 0 and active:
-            param_offset_into(spec, b + pos, states, self.grad, out=acc_x)
-        elif pos > 0:
-            acc_x.zero_()
-        prefix_scan_([coeffs2(p) for p in range(self.P)], acc_x, [d], pos, exchange)
-        return acc_x, dict(zip(names, states))
+        positions = [self.pos(position) for position in self.positions]
+        prefix_scan_many_([coeffs1(p) for p in range(self.P)], [p.scan_state for p in self.positions],
+                          [d] * len(names), positions, self._exchange_all)
+        for position, pos, mine in zip(self.positions, positions, states):
+            if 0 < pos < window:
+                param_offset_into(spec, b + pos, mine, position.grad, out=position.grad)
+            elif pos > 0:
+                position.grad.zero_()
+        prefix_scan_many_([coeffs2(p) for p in range(self.P)], accs, [d], positions, self._exchange_all)
+        return [(acc, dict(zip(names, mine))) for acc, mine in zip(accs, states)]
 
-    def relay_rollout(self, pos: int, active: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Sequential chain: receive the state from position pos-1, step, pass it on (O(d) per rank)."""
+    def relay_rollout(self, window: int) -> list[Output]:
+        """Sequential chain: take the state of position pos-1, step, pass it on (O(d) per position).
+
+        This rank's positions go in window order, so the chain never waits on itself."""
         names, d = self.spec.state_names, self.x.numel()
-        if pos == 0:
-            if active:
-                self.exact_step_()
-            x, state = self.x, self.state
-        else:
-            like = torch.empty(d * (1 + len(names)), dtype=self.x.dtype, device=self.x.device)
-            packed = self.ctx.comm.exchange(None, None, self.win.rank_of(pos - 1, self.P), recv_into=like)
-            x = packed[:d]
-            state = {k: packed[(i + 1) * d:(i + 2) * d] for i, k in enumerate(names)}
-        if active and pos > 0:
-            x, state = functional_step(self.spec, self.win.start + pos, x, state, self.grad)
-        if pos + 1 < self.P:
-            packed = torch.cat([x] + [state[k] for k in names])
-            self.ctx.comm.exchange(packed, self.win.rank_of(pos + 1, self.P), None)
-        return x.clone(), {k: v.clone() for k, v in state.items()}
+        carried: dict[int, torch.Tensor] = {}  # packed states passed between this rank's own positions
+        outputs: dict[int, Output] = {}
+        for position in sorted(self.positions, key=self.pos):
+            pos = self.pos(position)
+            active = pos < window
+            if pos == 0:
+                if active:
+                    self.exact_step_(position)
+                x, state = position.x, position.state
+            else:
+                packed = carried.pop(position.slot, None)
+                if packed is None:
+                    packed = torch.empty(d * (1 + len(names)), dtype=self.x.dtype, device=self.x.device)
+                    self.router.route({}, {position.slot: (self.win.slot_of(pos - 1, self.P), packed)})
+                x = packed[:d]
+                state = {k: packed[(i + 1) * d:(i + 2) * d] for i, k in enumerate(names)}
+            if active and pos > 0:
+                x, state = functional_step(self.spec, self.win.start + pos, x, state, position.grad)
+            if pos + 1 < self.P:
+                following = self.win.slot_of(pos + 1, self.P)
+                packed = torch.cat([x] + [state[k] for k in names])
+                if self.router.is_local(following):
+                    carried[following] = packed
+                else:
+                    self.router.route({position.slot: (following, packed)}, {})
+            outputs[position.slot] = (x.clone(), {k: v.clone() for k, v in state.items()})
+        return [outputs[position.slot] for position in self.positions]
 
-    def error_with_next_guess(self, pos: int, window: int, out_x: torch.Tensor) -> float:
-        """``mean((x'_{b+pos+1} - x̂_{b+pos+1})^2) * 1e6`` over the parameters.
+    def errors_with_next_guess(self, window: int, outputs: list[Output]) -> list[float]:
+        """Per position: ``mean((x'_{b+pos+1} - x̂_{b+pos+1})^2) * 1e6`` over the parameters.
 
         The next guess is the next position's; the last position has none yet and uses its
         own guess, which is the seed's extra guess under copy init (the new tail is seeded
         from the last iterate, so guess ``b+P`` always equals guess ``b+P-1``).
         """
-        send = self.win.rank_of(pos - 1, self.P) if 0 < pos < window else None
-        recv = self.win.rank_of(pos + 1, self.P) if pos + 1 < window else None
-        buffer = self.recv[:self.x.numel()]
-        next_guess = self.ctx.comm.exchange(self.x, send, recv, recv_into=buffer)
-        if next_guess is None:
-            if pos != window - 1:
-                return float("nan")  # past the end of training
-            next_guess = buffer.copy_(self.x)
-        # (a-b)^2 == (b-a)^2 exactly; padding is zero in both, so the sum is over parameters
-        return float(next_guess.sub_(out_x).square_().sum()) / self.layout.n_real * 1e6
+        sends, recvs = {}, {}
+        d = self.x.numel()
+        for position in self.positions:
+            pos = self.pos(position)
+            if 0 < pos < window:
+                sends[position.slot] = (self.win.slot_of(pos - 1, self.P), position.x)
+            if pos + 1 < window:
+                recvs[position.slot] = (self.win.slot_of(pos + 1, self.P), position.recv[:d])
+        self.router.route(sends, recvs)
+        errors = []
+        for position, (out_x, _) in zip(self.positions, outputs):
+            pos, buffer = self.pos(position), position.recv[:d]
+            if position.slot not in recvs:
+                if pos != window - 1:
+                    errors.append(float("nan"))  # past the end of training
+                    continue
+                buffer.copy_(position.x)
+            # (a-b)^2 == (b-a)^2 exactly; padding is zero in both, so the sum is over parameters
+            errors.append(float(buffer.sub_(out_x).square_().sum()) / self.layout.n_real * 1e6)
+        return errors
 
-    def slide(self, pos: int, window: int, accepted: int, out_x: torch.Tensor,
-              out_state: dict[str, torch.Tensor]) -> None:
+    def slide(self, window: int, accepted: int, outputs: list[Output]) -> None:
         """Keep rolled-out iterates, seed the new tail from the last one, rotate positions."""
-        is_tail = pos < accepted - 1
-        if not is_tail:
-            self.x.copy_(out_x)
+        d = self.x.numel()
+        extrapolate = self.opts.init == "extrapolate"
+        tails = []
+        for position, (out_x, out_state) in zip(self.positions, outputs):
+            if self.pos(position) < accepted - 1:
+                tails.append(position)
+                continue
+            position.x.copy_(out_x)
             for name, value in out_state.items():
-                self.state[name].copy_(value)
+                position.state[name].copy_(value)
         if accepted >= 2:
-            source = self.win.rank_of(window - 1, self.P)
-            tails = [self.win.rank_of(p, self.P) for p in range(accepted - 1)]
-            d = self.x.numel()
-            seed = self.recv[:2 * d if self.opts.init == "extrapolate" else d]
-            if self.ctx.rank == source:
-                seed[:d].copy_(out_x)
-                if self.opts.init == "extrapolate":
-                    torch.sub(out_x, self._guess_before_slide, out=seed[d:])
-            tree_broadcast_(self.ctx.comm, seed, [source] + tails, self.ctx.rank)
-            if is_tail:
-                k = pos + 1  # this rank becomes tail position P-accepted+k
-                self.x.copy_(seed[:d])
-                if self.opts.init == "extrapolate":
-                    self.x.add_(seed[d:], alpha=float(k))
-                self._guess_from_trajectory(self.win.start + self.P + k)
-        self.win.start_rank = self.win.rank_of(accepted - 1, self.P)
+            source = self.win.slot_of(window - 1, self.P)
+            order = [source] + [self.win.slot_of(p, self.P) for p in range(accepted - 1)]
+            seeds = {p.slot: p.recv[:2 * d if extrapolate else d] for p in self.positions if p.slot in order}
+            for position, (out_x, _) in zip(self.positions, outputs):
+                if position.slot == source:
+                    seeds[source][:d].copy_(out_x)
+                    if extrapolate:
+                        torch.sub(out_x, position.guess_before_slide, out=seeds[source][d:])
+            tree_broadcast_(self.router, seeds, order)
+            for position in tails:
+                k = self.pos(position) + 1  # this slot becomes tail position P-accepted+k
+                seed = seeds[position.slot]
+                position.x.copy_(seed[:d])
+                if extrapolate:
+                    position.x.add_(seed[d:], alpha=float(k))
+                self._guess_from_trajectory(position, self.win.start + self.P + k)
+        self.win.start_slot = self.win.slot_of(accepted - 1, self.P)
 
     def iterate(self) -> dict[str, Any]:
         ctx, win = self.ctx, self.win
-        pos = win.position(ctx.rank, self.P)
         window = min(self.P, self.cfg.steps - win.start)
-        active = pos < window
         comm_before, tic = ctx.comm.seconds, time.perf_counter()
-        loss, t_grad = self.gradient(pos, active)
+        grads = self.gradients(window)
         if self.opts.init == "extrapolate":
-            self._guess_before_slide = self.x.clone() if pos == window - 1 else None
+            for position in self.positions:
+                position.guess_before_slide = position.x.clone() if self.pos(position) == window - 1 else None
         tic_roll = time.perf_counter()
-        if self.rollout == "scan":
-            out_x, out_state = self.scan_rollout(pos, active, window)
-        else:
-            out_x, out_state = self.relay_rollout(pos, active)
-        err = self.error_with_next_guess(pos, window, out_x)
+        outputs = self.rollout_(window)
+        errs = self.errors_with_next_guess(window, outputs)
         t_roll = time.perf_counter() - tic_roll
         t_comm_roll = ctx.comm.seconds - comm_before
-        stats, gathered = ctx.gather_iteration(t_grad, [pos, err, loss, t_roll - t_comm_roll])
-        by_pos = gathered[gathered[:, 0].argsort()]
+        extra = [v for position, (loss, _), err in zip(self.positions, grads, errs)
+                 for v in (self.pos(position), err, loss)]
+        stats, gathered = ctx.gather_iteration(sum(t for _, t in grads), [t_roll - t_comm_roll, *extra])
+        per_position = gathered[:, 1:].reshape(-1, 3)
+        by_pos = per_position[per_position[:, 0].argsort()]
         errors = by_pos[:window, 1].tolist()  # one per position, the last against its own guess
         accepted = accepted_steps(errors[:window - 1], win.threshold, window)
         finite = [e for e in errors if math.isfinite(e)]
@@ -404,13 +561,13 @@ class PasoWorker:
             "err_mean": window_statistic(errors, "mean"),
             "err_median": window_statistic(errors, "median"),
             "err_max": max(finite) if finite else float("nan"),
-            "time_rollout_s": float(gathered[:, 3].max()),
+            "time_rollout_s": float(gathered[:, 0].max()),
         }
         ctx.check_finite(row["train_loss"], f"step {win.start} (window start)")
         win.last_loss = float(by_pos[window - 1, 2])
         adapted = errors if self.opts.threshold_errors == "seed" else errors[:window - 1]
         win.threshold = updated_threshold(win.threshold, adapted, self.opts.ema_decay, self.opts.adaptivity)
-        self.slide(pos, window, accepted, out_x, out_state)
+        self.slide(window, accepted, outputs)
         win.start += accepted
         win.iterations += 1
         win.grad_evals += window
@@ -420,24 +577,39 @@ class PasoWorker:
 
     # ------------------------------------------------------------ checkpointing
     def checkpoint_state(self) -> dict[str, Any]:
-        return {"x": self.x.clone(), "state": {k: v.clone() for k, v in self.state.items()},
-                "window": vars(self.win).copy()}
+        return {"positions": [{"slot": p.slot, "x": p.x.clone(), "state": {k: v.clone() for k, v in p.state.items()}}
+                              for p in self.positions], "window": vars(self.win).copy()}
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
-        self.x.copy_(checkpoint["x"])
-        self.state = {k: v.to(self.x.device) for k, v in checkpoint["state"].items()}
+        for position, saved in zip(self.positions, checkpoint["positions"]):
+            assert saved["slot"] == position.slot, "a checkpoint of another placement"
+            position.x.copy_(saved["x"])
+            position.state = {k: v.to(position.x.device) for k, v in saved["state"].items()}
         self.win = Window(**checkpoint["window"])
+
+    def state_bytes(self) -> int:
+        """Bytes of the tensors this rank holds for training: the model's parameters and, per
+        position, its guess, gradient, optimizer state and scan / receive buffers (counted)."""
+        model = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        vectors = [t for p in self.positions for t in (p.x, p.grad, p.scan_state, p.recv, *p.state.values())]
+        return model + sum(t.numel() * t.element_size() for t in vectors)
+
+    def start_position(self) -> Position | None:
+        """This rank's position holding window position 0 (None if another rank holds it)."""
+        return next((p for p in self.positions if self.pos(p) == 0), None)
 
     def gather_final_model(self) -> torch.nn.Module:
         """Bring the final parameters (held by window position 0) to every rank's model."""
-        self.ctx.comm.broadcast_(self.x, src=self.win.start_rank)
-        return self.flat.load_(self.x)
+        holder = self.start_position()
+        final = holder.x if holder is not None else self.x.clone()
+        self.ctx.comm.broadcast_(final, src=self.holder_of(0))
+        return self.flat.load_(final)
 
     def evaluate_window_start(self) -> dict[str, float]:
         """Held-out metrics of the exact state (window position 0), on the logging rank."""
-        holder = self.win.start_rank
-        metrics = eval_columns(self.task, self.flat.load_(self.x)) if self.ctx.rank == holder else None
-        return self.ctx.comm.broadcast_object(metrics, src=holder)
+        holder = self.start_position()
+        metrics = eval_columns(self.task, self.flat.load_(holder.x)) if holder is not None else None
+        return self.ctx.comm.broadcast_object(metrics, src=self.holder_of(0))
 
 
 def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
@@ -447,8 +619,8 @@ def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
         worker.restore(checkpoint)
         ctx.log.info("resumed at step %d (iteration %d)", worker.win.start, worker.win.iterations)
     ctx.open_metrics(keep_rows=checkpoint["metrics_rows"] if checkpoint and ctx.is_main else None)
-    ctx.log.info("PASO: P=%d rollout=%s threshold=%g ema=%g", worker.P, worker.rollout,
-                 ctx.options.threshold, ctx.options.ema_decay)
+    ctx.log.info("PASO: P=%d (%d per rank) rollout=%s threshold=%g ema=%g", worker.P, worker.per_rank,
+                 worker.rollout, ctx.options.threshold, ctx.options.ema_decay)
     T = ctx.cfg.steps
     while worker.win.start < T:
         before = worker.win.start
@@ -465,7 +637,8 @@ def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
     model = worker.gather_final_model()
     win = worker.win
     summary = final_report(ctx, task, model, T, win.iterations, win.grad_evals, win.last_loss)
-    summary.update({"P": worker.P, "rollout": worker.rollout, "final_threshold": win.threshold,
+    summary.update({"P": worker.P, "positions_per_rank": worker.per_rank, "rollout": worker.rollout,
+                    "final_threshold": win.threshold, "state_mb_per_rank": worker.state_bytes() / 2**20,
                     # the unit of the bytes bound: one padded flat parameter vector
                     "vector_bytes": worker.x.numel() * worker.x.element_size()})
     return summary
@@ -473,5 +646,6 @@ def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
 
 SPEC = register(MethodSpec(
     name="paso", summary="PASO: step-parallel fixed-point iteration over a window of P steps",
-    options=PasoOptions, dims=window_dims, default_nproc=lambda options: options.P, train=train,
-    world_rule="runs one worker per window step, so nproc*nnodes must equal P"))
+    options=PasoOptions, dims=window_dims,
+    default_nproc=lambda options: max(1, options.P // (options.positions_per_rank or 1)),
+    train=train, world_rule="holds positions_per_rank window steps per worker, so nproc*nnodes must divide P"))

@@ -113,19 +113,39 @@ def prefix_scan_(coeffs: Sequence[Sequence[float]], acc: torch.Tensor, sizes: Se
 
     Workers call this on preallocated buffers so a rollout allocates nothing parameter-sized.
     """
+    prefix_scan_many_(coeffs, [acc], sizes, [pos], lambda accs, offset: [exchange(accs[0], offset)])
+    return acc
+
+
+#: ``exchange_all(accs, offset)``: send each ``accs[i]`` to position ``positions[i] + offset``
+#: and return, per ``i``, what position ``positions[i] - offset`` sent (``None`` out of range).
+ExchangeAll = Callable[[Sequence[torch.Tensor], int], Sequence["torch.Tensor | None"]]
+
+
+def prefix_scan_many_(coeffs: Sequence[Sequence[float]], accs: Sequence[torch.Tensor], sizes: Sequence[int],
+                      positions: Sequence[int], exchange_all: ExchangeAll) -> Sequence[torch.Tensor]:
+    """:func:`prefix_scan_` for several window positions held by one worker, in lock step.
+
+    Every position does exactly the operations it would do alone (same rounds, same
+    partners, same ``add_`` in the same order), so the result is bitwise the same however
+    positions are placed on workers; only where a partner's message comes from changes.
+    Each round's messages are all taken before any accumulator of the round is updated.
+    """
     n_pos = len(coeffs)
-    seg_start, offset = pos, 1
+    seg_starts, offset = list(positions), 1
     while offset < n_pos and sizes:
-        received = exchange(acc, offset)
-        if received is not None:
+        received = exchange_all(accs, offset)
+        for i, (acc, pos, got) in enumerate(zip(accs, positions, received)):
+            if got is None:
+                continue
             start = 0
             for k, size in enumerate(sizes):
-                scale = _product(coeffs, seg_start, pos, k)
-                acc[start:start + size].add_(received[start:start + size], alpha=scale)
+                scale = _product(coeffs, seg_starts[i], pos, k)
+                acc[start:start + size].add_(got[start:start + size], alpha=scale)
                 start += size
-            seg_start = max(0, seg_start - offset)
+            seg_starts[i] = max(0, seg_starts[i] - offset)
         offset *= 2
-    return acc
+    return accs
 
 
 def _product(coeffs: Sequence[Sequence[float]], first: int, last: int, k: int) -> float:

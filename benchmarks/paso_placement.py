@@ -1,0 +1,173 @@
+"""PASO placed on P, 2 and 1 workers against serial, side by side in one invocation.
+
+Usage: ``python benchmarks/paso_placement.py --out artifacts [--P 2 4 8]``. Writes
+``tables/paso_placement.{csv,md,json}`` and ``figures/paso_placement.png``.
+
+Why: PASO's seed runs either one GPU per window position (``torchrun``) or the whole window
+on one device (``--training_mode parallel``). Here every ``nproc`` dividing ``P`` is a
+placement of the same algorithm (``positions_per_rank = P / nproc``): the trajectory (K, G,
+final parameters) must not depend on it, and this script checks that bit for bit. What does
+change is per rank: the state it holds grows with its positions (one model + one optimizer
+state per position), its traffic shrinks (messages between its own positions are copies), and
+the wall-clock per sequential iteration. On 2 shared CPU cores the last only says how the
+positions' gradients share the cores; K, G, state per rank and bytes per rank transfer to GPUs,
+and with CUDA the same script gives the single-GPU wall-clock speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from paso_core import report  # noqa: E402
+from paso_core.config import RunConfig  # noqa: E402
+from paso_core.experiments.common import iterations_to_reach  # noqa: E402
+from paso_core.launch import launch_grouped  # noqa: E402
+from paso_core.metrics import eval_rows, train_rows, training_time  # noqa: E402
+
+TASKS = {
+    "synthetic": dict(task="synthetic", function="ackley", optimizer="adam", lr=1e-3),
+    "digits-cnn": dict(task="vision", dataset="digits", model="cnn", batch_size=64, optimizer="adam", lr=1e-3),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None, help="artifacts directory (default: the checkout's)")
+    parser.add_argument("--P", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--ranks", type=int, nargs="+", default=[0, 2, 1],
+                        help="placements: worker counts (0 = P, one position per worker); those not dividing P are "
+                             "skipped")
+    parser.add_argument("--dim", type=int, default=100_000, help="synthetic dimension")
+    parser.add_argument("--steps", type=int, default=120, help="synthetic steps")
+    parser.add_argument("--vision-steps", type=int, default=60)
+    parser.add_argument("--threshold", type=float, default=1e-5)
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    args = parser.parse_args(argv)
+    bad = [p for p in args.P if p < 1] + [n for n in args.ranks if n < 0]
+    if bad:
+        parser.error(f"--P and --ranks take positive counts (0 in --ranks: P workers); got {bad}")
+    return args
+
+
+def configs(args: argparse.Namespace, root: Path) -> list[tuple[str, int, int, RunConfig]]:
+    """(task, P, workers, config) of every run; P = 1 stands for serial."""
+    planned = []
+    for task in args.tasks:
+        steps = args.steps if task == "synthetic" else args.vision_steps
+        shared = dict(TASKS[task], steps=steps, dim=args.dim, progress=False, threads_per_worker=1, seed=0,
+                      eval_every=max(1, steps // 10) if task != "synthetic" else 0)
+        planned.append((task, 1, 1, RunConfig.from_dict(dict(shared, method="serial", out_dir=str(root / task / "serial")))))
+        for P in args.P:
+            for n in dict.fromkeys(P if r == 0 else r for r in args.ranks):
+                if P % n:
+                    continue
+                options = dict(shared, method="paso", P=P, nproc=n, threshold=args.threshold, ema_decay=args.ema_decay,
+                               out_dir=str(root / task / f"P{P}_on{n}"))
+                planned.append((task, P, n, RunConfig.from_dict(options)))
+    return planned
+
+
+def time_to_quality(result, serial, task: str) -> float:
+    """Training seconds until the run first matches serial's final quality (NaN: never)."""
+    if task == "synthetic":  # full-batch loss: serial's last value
+        target = float(train_rows(serial.metrics)["train_loss"].iloc[-1])
+        return iterations_to_reach(train_rows(result.metrics), "train_loss", target, x="train_time_s")
+    target = float(eval_rows(serial.metrics)["eval_test_accuracy"].iloc[-1])
+    return iterations_to_reach(eval_rows(result.metrics), "eval_test_accuracy", target, x="train_time_s", mode="above")
+
+
+def rows_for(planned, results) -> pd.DataFrame:
+    serial = {task: r for (task, P, _, _), r in zip(planned, results) if P == 1}
+    finals: dict[tuple[str, int], dict] = {}
+    rows = []
+    for (task, P, n, _), result in zip(planned, results):
+        s = result.summary
+        final = torch.load(result.path / "final.pt", weights_only=True)
+        reference = finals.setdefault((task, P), final)  # the first placement of this P (P workers)
+        train_s = training_time(result.metrics)
+        serial_s = training_time(serial[task].metrics)
+        reach = time_to_quality(result, serial[task], task)
+        growth = [peak - base for peak, base in zip(s["peak_rss_mb_per_rank"], s["baseline_rss_mb_per_rank"])]
+        rows.append({
+            "task": task, "method": s["method"], "P": P if P > 1 else 0, "workers": n,
+            "positions_per_rank": s.get("positions_per_rank", 1), "K": s["iterations"], "G": s["grad_evals"],
+            "same_trajectory": all(torch.equal(final[k], reference[k]) for k in final),
+            "s_per_iteration": train_s / s["iterations"], "train_s": train_s,
+            "speedup_per_iteration_vs_serial": (serial_s / serial[task].summary["iterations"]) / (train_s / s["iterations"]),
+            "s_to_serial_quality": reach, "quality_matched_speedup": serial_s / reach if reach == reach else float("nan"),
+            "state_MB_per_rank": s.get("state_mb_per_rank", float("nan")),
+            "rss_growth_MB_max_rank": max(growth),
+            "MB_sent_max_rank": max(s["bytes_sent_per_rank"]) / 2**20,
+        })
+    return pd.DataFrame(rows)
+
+
+MD_COLUMNS = ["task", "P", "workers", "positions_per_rank", "K", "G", "same_trajectory", "s_per_iteration",
+              "quality_matched_speedup", "state_MB_per_rank", "MB_sent_max_rank"]
+
+
+def plot(table: pd.DataFrame) -> plt.Figure:
+    paso = table[table["method"] == "paso"]
+    tasks = list(dict.fromkeys(paso["task"]))
+    fig, axes = plt.subplots(len(tasks), 3, figsize=(14, 3.6 * len(tasks)), squeeze=False)
+    for row, task in zip(axes, tasks):
+        mine = paso[paso["task"] == task]
+        for P, part in mine.groupby("P"):
+            part = part.sort_values("workers")
+            row[0].plot(part["workers"], part["s_per_iteration"], "o-", label=f"P={P}")
+            row[1].plot(part["positions_per_rank"], part["state_MB_per_rank"], "s-", label=f"P={P}")
+            row[2].plot(part["workers"], part["MB_sent_max_rank"], "^-", label=f"P={P}")
+        serial = table[(table["task"] == task) & (table["method"] == "serial")]
+        row[0].axhline(float(serial["s_per_iteration"].iloc[0]), color="k", lw=0.8, ls=":", label="serial")
+        for ax, (x, y) in zip(row, [("workers", "seconds per sequential iteration"),
+                                    ("window positions per worker", "training state per worker [MB]"),
+                                    ("workers", "MB sent by the busiest worker")]):
+            ax.set(xlabel=x, ylabel=y)
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.legend(fontsize=8)
+        row[0].set_title(f"{task}: time per iteration (2 shared CPU cores)", fontsize=9)
+        row[1].set_title(f"{task}: state per worker grows with its positions", fontsize=9)
+        row[2].set_title(f"{task}: traffic (0 on one worker)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.out:
+        os.environ["PASO_ARTIFACTS"] = str(Path(args.out).resolve())
+    root = Path(os.environ.get("PASO_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts")) / "runs" / "paso_placement"
+    planned = configs(args, root)
+    results = launch_grouped([cfg for *_, cfg in planned])  # one launch per worker count
+    table = rows_for(planned, results)
+    config = {"script": "benchmarks/paso_placement.py", **vars(args)}
+    report.save_table(table, "paso_placement", config, md_columns=MD_COLUMNS,
+                      title="PASO placed on P, 2 and 1 workers vs serial (one invocation)",
+                      notes="Every PASO row of one P must show the same K, G and final parameters "
+                            "(`same_trajectory`: bitwise equal to the P-worker run). `state_MB_per_rank` counts the "
+                            "tensors a worker holds (model + per position: guess, gradient, optimizer state, scan "
+                            "and receive buffers); `MB_sent_max_rank` the busiest worker's traffic. On 2 shared CPU "
+                            "cores the seconds measure how positions share the cores (P workers use both cores, one "
+                            "worker one thread); K, G, state and bytes transfer to GPUs. `quality_matched_speedup`: "
+                            "serial's training seconds over the seconds to first reach serial's final loss "
+                            "(synthetic) or test accuracy (digits).")
+    report.save_figure(plot(table), "paso_placement", config)
+    print(table[MD_COLUMNS].to_string(index=False), file=sys.stderr)
+    paso = table[table["method"] == "paso"]
+    return 0 if bool(paso["same_trajectory"].all()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""PASO on any number of workers that divides P: the trajectory depends on P, never on the placement.
+
+``P = 8`` on 8, 2 and 1 workers (and ``P = 4`` for the relay rollout, extrapolated guesses and
+the digits CNN) must give the same K, G and final parameters bit for bit; a worker's training
+state grows with its positions and nothing else; one worker holding every position sends
+nothing. Runs of one worker count share a launch (four launches in all).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from paso_core.config import RunConfig
+from paso_core.launch import launch_grouped
+
+SHARED = dict(method="paso", threshold=1e-4, ema_decay=0.9, progress=False, threads_per_worker=1, seed=1)
+VARIANTS = {
+    "scan": dict(P=8, task="synthetic", function="ackley", dim=256, steps=24, optimizer="adam", lr=0.01,
+                 lr_schedule="cosine", warmup_steps=3, grad_clip=1.0),
+    "relay": dict(P=4, task="synthetic", function="rosenbrock", dim=128, steps=14, optimizer="adam", lr=1e-3,
+                  weight_decay=0.05),
+    "extrapolate": dict(P=4, task="synthetic", function="ackley", dim=128, steps=14, optimizer="momentum",
+                        lr=0.01, init="extrapolate"),
+    "vision": dict(P=4, task="vision", batch_size=32, steps=10, optimizer="adamw", lr=1e-3, threshold=1e-3,
+                   eval_every=5),
+}
+
+
+def placements(P: int) -> list[int]:
+    return [P, 2, 1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("placement")
+    keys, cfgs = [], []
+    for name, options in VARIANTS.items():
+        for n in placements(options["P"]):
+            keys.append((name, n))
+            cfgs.append(RunConfig.from_dict({**SHARED, **options, "nproc": n, "out_dir": str(root / f"{name}_on{n}")}))
+    return dict(zip(keys, launch_grouped(cfgs)))
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_placement_gives_the_same_trajectory(name: str, runs: dict) -> None:
+    P = VARIANTS[name]["P"]
+    reference = runs[(name, P)]
+    final = torch.load(reference.path / "final.pt", weights_only=True)
+    assert reference.summary["iterations"] < reference.summary["steps"], "the window should accept several steps"
+    for n in placements(P)[1:]:
+        other = runs[(name, n)]
+        assert other.summary["positions_per_rank"] == P // n
+        for key in ("iterations", "grad_evals", "final_train_loss"):
+            assert other.summary[key] == reference.summary[key], (n, key)
+        theirs = torch.load(other.path / "final.pt", weights_only=True)
+        assert all(torch.equal(final[k], theirs[k]) for k in final), f"{name}: {n} workers moved elsewhere"
+        columns = ["train_loss", "accepted", "threshold"]
+        assert reference.metrics[columns].equals(other.metrics[columns]), n
+
+
+def test_state_per_worker_grows_with_its_positions_and_nothing_else(runs: dict) -> None:
+    states = {n: runs[("scan", n)].summary["state_mb_per_rank"] for n in placements(8)}
+    model = runs[("scan", 8)].summary["n_params"] * 4 / 2**20
+    per_position = states[8] - model
+    for n, state in states.items():
+        assert state == pytest.approx(model + (8 // n) * per_position, rel=1e-9), n
+
+
+def test_one_worker_holding_every_position_sends_nothing(runs: dict) -> None:
+    assert runs[("scan", 1)].summary["bytes_sent_per_rank"] == [0]
+    two, eight = (max(runs[("scan", n)].summary["bytes_sent_per_rank"]) for n in (2, 8))
+    assert 0 < two and 0 < eight
