@@ -3,7 +3,9 @@
 ``P = 8`` on 8, 2 and 1 workers (and ``P = 4`` for the relay rollout, extrapolated guesses and
 the digits CNN) must give the same K, G and final parameters bit for bit; a worker's training
 state grows with its positions and nothing else; one worker holding every position sends
-nothing. Runs of one worker count share a launch (four launches in all).
+nothing. The window x data mesh (each position's gradient computed by ``data_parallel`` ranks)
+equals plain PASO with the same global batch up to the rounding of averaging shard gradients.
+Runs of one worker count share a launch (four launches in all).
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ def placements(P: int) -> list[int]:
     return [P, 2, 1]
 
 
+#: threshold 0: only exact iterates are accepted, so every run below is serial training's trajectory
+EXACT = dict(VARIANTS["vision"], threshold=0.0, ema_decay=1.0)
+MESH = {"plain": dict(EXACT, nproc=1), "mesh_2x2": dict(EXACT, nproc=4, data_parallel=2),
+        "mesh_1x2": dict(EXACT, nproc=2, data_parallel=2)}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("placement")
@@ -39,6 +47,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
         for n in placements(options["P"]):
             keys.append((name, n))
             cfgs.append(RunConfig.from_dict({**SHARED, **options, "nproc": n, "out_dir": str(root / f"{name}_on{n}")}))
+    for name, options in MESH.items():
+        keys.append(name)
+        cfgs.append(RunConfig.from_dict({**SHARED, **options, "out_dir": str(root / name)}))
     return dict(zip(keys, launch_grouped(cfgs)))
 
 
@@ -71,3 +82,17 @@ def test_one_worker_holding_every_position_sends_nothing(runs: dict) -> None:
     assert runs[("scan", 1)].summary["bytes_sent_per_rank"] == [0]
     two, eight = (max(runs[("scan", n)].summary["bytes_sent_per_rank"]) for n in (2, 8))
     assert 0 < two and 0 < eight
+
+
+@pytest.mark.parametrize("name", ["mesh_2x2", "mesh_1x2"])
+def test_window_by_data_mesh_equals_plain_paso_with_the_same_global_batch(name: str, runs: dict) -> None:
+    plain, mesh = runs["plain"], runs[name]
+    assert mesh.summary["data_parallel"] == 2 and mesh.summary["world_size"] == MESH[name]["nproc"]
+    assert mesh.summary["iterations"] == plain.summary["iterations"] == EXACT["steps"]  # one exact step each
+    assert mesh.summary["grad_evals"] == plain.summary["grad_evals"]
+    a = torch.load(plain.path / "final.pt", weights_only=True)
+    b = torch.load(mesh.path / "final.pt", weights_only=True)
+    moved = sum(float((a[k] - b[k]).double().square().sum()) for k in a)
+    scale = sum(float(a[k].double().square().sum()) for k in a)
+    assert 0 < (moved / scale) ** 0.5 < 1e-5  # shard gradients averaged: rounding only, as DDP vs serial
+    assert (plain.metrics["train_loss"] - mesh.metrics["train_loss"]).abs().max() < 1e-5

@@ -45,11 +45,11 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 
-from ..config import RunConfig, check_window
+from ..config import RunConfig, check_batch_splits, check_window
 from ..context import WorkerContext
 from ..distributed import Comm
 from ..optim.scan import param_coeff, param_offset_into, prefix_scan_many_, state_coeffs, state_offsets_into
@@ -81,6 +81,8 @@ class PasoOptions(MethodOptions):
     P: int = option(4, "window size: steps solved in parallel")
     positions_per_rank: int | None = option(None, "window positions each worker holds (None: P / nproc, or 1 when "
                                             "nproc is not given); P on one worker is the seed's single-device mode")
+    data_parallel: int = option(1, "ranks computing each position's gradient data-parallel (the window x data "
+                                "mesh: P / positions_per_rank x data_parallel ranks in all)")
     threshold: float = option(1e-5, "initial tolerance on the per-position error (0: exact serial)")
     ema_decay: float = option(0.999, "tolerance <- tolerance*ema + window statistic*(1-ema); 1: fixed")
     adaptivity: str = option("mean", "window statistic of the errors that adapts the tolerance", ADAPTIVITY)
@@ -96,7 +98,14 @@ class PasoOptions(MethodOptions):
         super().check(cfg)
         check_int("P", self.P)
         check_window(cfg, self.P)
-        _check_placement(self, cfg.world_size)
+        check_int("data_parallel", self.data_parallel)
+        if cfg.world_size % self.data_parallel:
+            raise ConfigError(f"data_parallel={self.data_parallel} does not divide nproc*nnodes={cfg.world_size}: the "
+                              f"world is (window ranks) x data_parallel; use nproc*nnodes = a divisor of P={self.P} "
+                              f"times {self.data_parallel}")
+        if self.data_parallel > 1:
+            check_batch_splits(cfg, self.data_parallel, f"data_parallel={self.data_parallel} shards")
+        _check_placement(self, cfg.world_size // self.data_parallel)
         check_number("threshold", self.threshold, 0.0)
         check_number("ema_decay", self.ema_decay, 0.0, 1.0)
         _check_init_trajectory(self)
@@ -108,10 +117,12 @@ class PasoOptions(MethodOptions):
 
 
 def _check_placement(opts: PasoOptions, world: int) -> None:
-    """The workers must share the window evenly, and agree with ``positions_per_rank`` if given."""
-    divisors = [n for n in range(1, opts.P + 1) if opts.P % n == 0]
+    """The workers must share the window evenly, and agree with ``positions_per_rank`` if given
+    (``world``: the ranks of one data-parallel replica of the window)."""
+    divisors = [n * opts.data_parallel for n in range(1, opts.P + 1) if opts.P % n == 0]
     if opts.P % world:
-        raise ConfigError(f"nproc*nnodes={world} does not divide P={opts.P}: every worker holds the same number of "
+        which = "nproc*nnodes" if opts.data_parallel == 1 else f"nproc*nnodes/data_parallel"
+        raise ConfigError(f"{which}={world} does not divide P={opts.P}: every worker holds the same number of "
                           f"window positions; choose nproc*nnodes among {', '.join(map(str, divisors))}")
     if opts.positions_per_rank is not None:
         check_int("positions_per_rank", opts.positions_per_rank)
@@ -140,8 +151,10 @@ def _check_init_trajectory(cfg: PasoOptions) -> None:
 
 
 def window_dims(cfg: RunConfig) -> ParallelDims:
-    """One rank per group of ``positions_per_rank`` window positions."""
-    return ParallelDims(window=cfg.world_size)
+    """One rank per group of ``positions_per_rank`` window positions, in each of
+    ``data_parallel`` replicas of the window (the window x data mesh)."""
+    replicas = cfg.options.data_parallel
+    return ParallelDims(dp_replicate=replicas, window=cfg.world_size // replicas)
 
 
 def positions_per_rank(P: int, world: int) -> int:
@@ -214,14 +227,16 @@ class SlotRouter:
     so a slot may overwrite what it sent as soon as the call returns.
     """
 
-    def __init__(self, comm: Comm, rank: int, per_rank: int) -> None:
-        self.comm, self.rank, self.per_rank = comm, rank, per_rank
+    def __init__(self, comm: Comm, window_rank: int, per_rank: int,
+                 global_rank: Callable[[int], int] = lambda window_rank: window_rank) -> None:
+        self.comm, self.window_rank, self.per_rank, self.global_rank = comm, window_rank, per_rank, global_rank
 
     def rank_of(self, slot: int) -> int:
-        return slot // self.per_rank
+        """The global rank holding ``slot`` (in this rank's data-parallel replica of the window)."""
+        return self.global_rank(slot // self.per_rank)
 
     def is_local(self, slot: int) -> bool:
-        return self.rank_of(slot) == self.rank
+        return slot // self.per_rank == self.window_rank
 
     def route(self, sends: dict[int, tuple[int, torch.Tensor]], recvs: dict[int, tuple[int, torch.Tensor]]) -> None:
         """``sends[src] = (dst, tensor)``, ``recvs[dst] = (src, buffer)``, keyed by this rank's slots."""
@@ -326,16 +341,19 @@ class PasoWorker:
     def __init__(self, ctx: WorkerContext, task: Task) -> None:
         self.ctx, self.task, self.cfg, self.opts = ctx, task, ctx.cfg, ctx.options
         self.P = self.opts.P
-        self.per_rank = positions_per_rank(self.P, ctx.world)
+        coords = ctx.dims.coordinates(ctx.rank)
+        self.replica, self.replicas = coords["dp_replicate"], ctx.dims.dp_replicate
+        self.per_rank = positions_per_rank(self.P, ctx.dims.window)
         self.spec = OptimSpec.from_config(self.cfg)
         self.rollout = choose_rollout(self.opts.rollout, self.spec)
         self.model = task.build_model()
         self.flat = FlatParams(self.model, ALIGN_BYTES)
         self.layout = self.flat.layout
         extrapolate = self.opts.init == "extrapolate"
-        first = ctx.rank * self.per_rank
+        first = coords["window"] * self.per_rank
         self.positions = [Position(s, self.flat, self.spec, extrapolate) for s in range(first, first + self.per_rank)]
-        self.router = SlotRouter(ctx.comm, ctx.rank, self.per_rank)
+        self.router = SlotRouter(ctx.comm, coords["window"], self.per_rank,
+                                 lambda w: ctx.dims.rank_at(window=w, dp_replicate=self.replica))
         self.win = Window(threshold=self.opts.threshold)
         # init="trajectory": new guesses are read from a recorded trajectory (tests, warm starts)
         self.trajectory = (load_trajectory(str(self.opts.init_trajectory), self.layout, self.cfg.steps)
@@ -352,8 +370,8 @@ class PasoWorker:
         return self.win.position(position.slot, self.P)
 
     def holder_of(self, pos: int) -> int:
-        """The rank holding window position ``pos``."""
-        return self.router.rank_of(self.win.slot_of(pos, self.P))
+        """The rank holding window position ``pos`` in the first data-parallel replica."""
+        return self.ctx.dims.rank_at(window=self.win.slot_of(pos, self.P) // self.per_rank, dp_replicate=0)
 
     def _guess_from_trajectory(self, position: Position, step: int) -> None:
         """Take the recorded parameters of ``step`` as a guess (never for the exact start)."""
@@ -372,11 +390,27 @@ class PasoWorker:
         tic = time.perf_counter()
         step = self.win.start + self.pos(position)
         self.flat.load_(position.x)
-        loss = loss_and_grad(self.task, self.model, self.task.train_batch(step), step)
+        if self.replicas == 1:
+            loss = loss_and_grad(self.task, self.model, self.task.train_batch(step), step)
+        else:
+            loss = self._data_parallel_gradient(step)
         clip_model_grads_(self.model, self.spec.grad_clip)
         self.flat.grad_into(position.grad)
         self.model.zero_grad(set_to_none=True)  # the flat copy is all the rollout needs
         return loss, time.perf_counter() - tic
+
+    def _data_parallel_gradient(self, step: int) -> float:
+        """The window x data mesh: this replica's shard of step ``step``'s batch, gradients and
+        loss averaged over the replicas (one all-reduce per parameter, as naive DP), so every
+        replica of a position holds the same gradient and runs the same rollout."""
+        replicas = self.ctx.group("dp_replicate")
+        batch = self.task.train_shard(step, self.replica, self.replicas)
+        loss = torch.tensor([loss_and_grad(self.task, self.model, batch, step)], dtype=torch.float64)
+        for p in self.flat.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            replicas.all_reduce_(p.grad).div_(self.replicas)
+        return float(replicas.all_reduce_(loss.to(self.x.device)).item()) / self.replicas
 
     def exact_step_(self, position: Position) -> None:
         """The window start's step, in place on the position's guess and state: ``torch.optim``'s
@@ -549,7 +583,8 @@ class PasoWorker:
         extra = [v for position, (loss, _), err in zip(self.positions, grads, errs)
                  for v in (self.pos(position), err, loss)]
         stats, gathered = ctx.gather_iteration(sum(t for _, t in grads), [t_roll - t_comm_roll, *extra])
-        per_position = gathered[:, 1:].reshape(-1, 3)
+        first_replica = [r for r in range(ctx.world) if ctx.dims.coordinates(r)["dp_replicate"] == 0]
+        per_position = gathered[first_replica, 1:].reshape(-1, 3)  # replicas of a position agree
         by_pos = per_position[per_position[:, 0].argsort()]
         errors = by_pos[:window, 1].tolist()  # one per position, the last against its own guess
         accepted = accepted_steps(errors[:window - 1], win.threshold, window)
@@ -595,7 +630,9 @@ class PasoWorker:
         return model + sum(t.numel() * t.element_size() for t in vectors)
 
     def start_position(self) -> Position | None:
-        """This rank's position holding window position 0 (None if another rank holds it)."""
+        """This rank's position holding window position 0, in the first replica (None elsewhere)."""
+        if self.replica:
+            return None
         return next((p for p in self.positions if self.pos(p) == 0), None)
 
     def gather_final_model(self) -> torch.nn.Module:
@@ -637,7 +674,8 @@ def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
     model = worker.gather_final_model()
     win = worker.win
     summary = final_report(ctx, task, model, T, win.iterations, win.grad_evals, win.last_loss)
-    summary.update({"P": worker.P, "positions_per_rank": worker.per_rank, "rollout": worker.rollout,
+    summary.update({"P": worker.P, "positions_per_rank": worker.per_rank, "data_parallel": worker.replicas,
+                    "rollout": worker.rollout,
                     "final_threshold": win.threshold, "state_mb_per_rank": worker.state_bytes() / 2**20,
                     # the unit of the bytes bound: one padded flat parameter vector
                     "vector_bytes": worker.x.numel() * worker.x.element_size()})
@@ -647,5 +685,6 @@ def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
 SPEC = register(MethodSpec(
     name="paso", summary="PASO: step-parallel fixed-point iteration over a window of P steps",
     options=PasoOptions, dims=window_dims,
-    default_nproc=lambda options: max(1, options.P // (options.positions_per_rank or 1)),
-    train=train, world_rule="holds positions_per_rank window steps per worker, so nproc*nnodes must divide P"))
+    default_nproc=lambda options: max(1, options.P // (options.positions_per_rank or 1)) * options.data_parallel,
+    train=train, world_rule="holds positions_per_rank window steps per worker in each of data_parallel replicas, "
+    "so nproc*nnodes must be a divisor of P times data_parallel"))
