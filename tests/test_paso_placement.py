@@ -78,6 +78,23 @@ def test_state_per_worker_grows_with_its_positions_and_nothing_else(runs: dict) 
         assert state == pytest.approx(model + (8 // n) * per_position, rel=1e-9), n
 
 
+def test_the_memory_estimate_checked_on_cuda_is_what_the_positions_take() -> None:
+    from paso_core.config import validate
+    from paso_core.context import WorkerContext
+    from paso_core.distributed import Comm
+    from paso_core.methods.paso import PasoWorker
+    from paso_core.parallel import ParallelDims
+    from paso_core.tasks import build_task
+
+    for options in (VARIANTS["scan"], VARIANTS["extrapolate"]):
+        cfg = validate(RunConfig.from_dict({**SHARED, **options, "nproc": 1}))
+        device = torch.device("cpu")
+        ctx = WorkerContext(cfg=cfg, rank=0, world=1, local_rank=0, device=device, comm=Comm(0, 1, device),
+                            run_dir=None, log=None, dims=ParallelDims(window=1))  # type: ignore[arg-type]
+        worker = PasoWorker(ctx, build_task(cfg, device))
+        assert worker.estimated_bytes(cfg.options.init == "extrapolate") == worker.state_bytes()
+
+
 def test_one_worker_holding_every_position_sends_nothing(runs: dict) -> None:
     assert runs[("scan", 1)].summary["bytes_sent_per_rank"] == [0]
     two, eight = (max(runs[("scan", n)].summary["bytes_sent_per_rank"]) for n in (2, 8))

@@ -82,3 +82,15 @@ def test_extrapolated_init_keeps_exactness() -> None:
     assert_equals_serial(reference_parameters(options), final, result.summary)
     loose = paso_core.run(method="paso", P=3, init="extrapolate", threshold=1e-2, ema_decay=0.99, **options)
     assert loose.summary["iterations"] < 15
+
+
+def test_a_placement_that_does_not_fit_the_device_is_named_with_one_that_does() -> None:
+    from paso_core.methods.paso import PlacementTooLarge, check_placement_memory
+
+    gib = 2**30
+    check_placement_memory(8 * gib, 9 * gib, P=8, per_rank=8, device="cuda:0")
+    with pytest.raises(PlacementTooLarge, match=r"positions_per_rank=8 needs about 8.00 GiB on cuda:0.*"
+                                                r"3.00 GiB is free; use nproc >= 4 so each worker holds at most 2"):
+        check_placement_memory(8 * gib, 3 * gib, P=8, per_rank=8, device="cuda:0")
+    with pytest.raises(PlacementTooLarge, match="no placement fits"):
+        check_placement_memory(8 * gib, gib // 2, P=8, per_rank=8, device="cuda:0")

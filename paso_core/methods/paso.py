@@ -310,6 +310,24 @@ def choose_rollout(requested: str, spec: OptimSpec) -> str:
     return requested
 
 
+class PlacementTooLarge(RuntimeError):
+    """A worker's window positions would not fit its device's memory."""
+
+
+def check_placement_memory(needed: int, available: int, P: int, per_rank: int, device: str) -> None:
+    """Raise before the first step when a worker's positions need more memory than its device
+    has free, naming the estimate and the placements that would fit."""
+    if needed <= available:
+        return
+    model = needed / per_rank  # an upper bound of one position's share
+    fits = [P // n for n in range(1, P + 1) if P % n == 0 and (P // n) * model <= available]
+    hint = (f"use nproc >= {P // max(fits)} so each worker holds at most {max(fits)} position(s)" if fits
+            else "no placement fits one position on this device")
+    raise PlacementTooLarge(f"positions_per_rank={per_rank} needs about {needed / 2**30:.2f} GiB on {device} (model + "
+                            f"{per_rank} x (guess, gradient, optimizer state, buffers)) but {available / 2**30:.2f} GiB "
+                            f"is free; {hint}")
+
+
 class Position:
     """One window slot held by this rank: its guess, gradient, optimizer state and buffers.
 
@@ -350,10 +368,16 @@ class PasoWorker:
         self.flat = FlatParams(self.model, ALIGN_BYTES)
         self.layout = self.flat.layout
         extrapolate = self.opts.init == "extrapolate"
+        if ctx.device.type == "cuda":  # before any position is allocated
+            free, _ = torch.cuda.mem_get_info(ctx.device)
+            # activations of one gradient are not estimated: a quarter of the free memory is left for them
+            check_placement_memory(self.estimated_bytes(extrapolate), int(0.75 * free), self.P, self.per_rank,
+                                   str(ctx.device))
         first = coords["window"] * self.per_rank
         self.positions = [Position(s, self.flat, self.spec, extrapolate) for s in range(first, first + self.per_rank)]
         self.router = SlotRouter(ctx.comm, coords["window"], self.per_rank,
                                  lambda w: ctx.dims.rank_at(window=w, dp_replicate=self.replica))
+
         self.win = Window(threshold=self.opts.threshold)
         # init="trajectory": new guesses are read from a recorded trajectory (tests, warm starts)
         self.trajectory = (load_trajectory(str(self.opts.init_trajectory), self.layout, self.cfg.steps)
@@ -621,6 +645,13 @@ class PasoWorker:
             position.x.copy_(saved["x"])
             position.state = {k: v.to(position.x.device) for k, v in saved["state"].items()}
         self.win = Window(**checkpoint["window"])
+
+    def estimated_bytes(self, extrapolate: bool) -> int:
+        """What :meth:`state_bytes` will count, from the parameter and optimizer-state sizes alone."""
+        n_state = len(self.spec.state_names)
+        vector = self.layout.total * next(self.model.parameters()).element_size()
+        per_position = (2 + 2 * n_state + max(n_state, 2 if extrapolate else 1)) * vector
+        return sum(p.numel() * p.element_size() for p in self.model.parameters()) + self.per_rank * per_position
 
     def state_bytes(self) -> int:
         """Bytes of the tensors this rank holds for training: the model's parameters and, per
