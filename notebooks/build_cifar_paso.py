@@ -57,8 +57,12 @@ PASO_SCALE=smoke pytest --nbmake notebooks/cifar_paso.ipynb    # CI smoke run
 
 Every parameter left `None` comes from the scale's preset (`paso_core.experiments.cifar.PRESETS`);
 `-p NAME VALUE` overrides it. On the CPU scales every worker gets one torch thread (the CPU
-analogue of one GPU per worker; see `PRESETS` for why). PASO runs `P` workers (one per window step), serial one, naive
-DP and DDP `nproc` workers that split each global batch (`batch_size` must divide by `nproc`).
+analogue of one GPU per worker; see `PRESETS` for why). `nproc` is the devices (workers) the study
+may use: naive DP and DDP split each global batch over all of them (`batch_size` must divide by
+`nproc`), serial runs one, and PASO places its `P` window positions on the most workers not above
+`nproc` that divide `P` (`P / n` positions each; the trajectory is the same for every placement,
+only the time differs) unless `paso_nproc` says otherwise. `-p nproc 1 -p P 7` runs PASO on one
+device, the seed's `--training_mode parallel`.
 
 **Data.** With `dataset="cifar10"`, the files must be in torchvision's layout
 (`<data_root>/cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta`) or downloadable. If
@@ -89,8 +93,8 @@ model = None             # "cnn" | "vit" | "resnet18"
 dataset = None           # "cifar10" | "digits" (bundled, offline)
 data_root = None         # directory containing cifar-10-batches-py/ (None: $PASO_DATA or <checkout>/data)
 download = None          # True: download CIFAR-10 if missing (needs a network)
-nproc = None             # workers of naive DP and DDP
-paso_nproc = None        # PASO workers, each holding P/paso_nproc positions (None: P; 1: one device)
+nproc = None             # devices (workers): naive DP and DDP use all; PASO the most that divide P
+paso_nproc = None        # PASO workers, each holding P/paso_nproc positions (None: from nproc; 1: one device)
 seeds = None             # e.g. [0, 1, 2] (or "0,1,2" with papermill -p)
 eval_every = None        # steps between test-set evaluations (the accuracy curves' resolution)
 sweep_thresholds = None  # thresholds of the trade-off sweep (at the main ema_decay)

@@ -77,11 +77,11 @@ eval_batch_size = None  # sequences per evaluation forward pass
 eval_every = None       # steps between validation evaluations (the curves' resolution)
 lr = None               # Adam learning rate
 optimizer = None        # "adam" | "adamw" | "sgd" | "momentum"
-P = None                # PASO window size (one worker per position unless paso_nproc says otherwise)
+P = None                # PASO window size
 threshold = None        # PASO initial tolerance
 ema_decay = None        # PASO tolerance adaptation (1.0 keeps it fixed)
-nproc = None            # workers of naive DP and DDP
-paso_nproc = None       # PASO workers, each holding P/paso_nproc positions (None: P; 1: one device)
+nproc = None            # devices (workers): naive DP and DDP use all; PASO the most that divide P
+paso_nproc = None       # PASO workers, each holding P/paso_nproc positions (None: from nproc; 1: one device)
 seeds = None            # e.g. [0, 1, 2] (or "0,1,2" with papermill -p)
 """
 
@@ -120,8 +120,9 @@ RUN_MD = """\
 ## Run the four methods
 
 One `torchrun` job at a time (concurrent jobs would share the cores and distort the timings).
-Serial uses 1 worker, PASO `P` workers (one per window step), naive DP and DDP `nproc` workers
-that split each global batch, so all four see the same data at every step.
+Serial uses 1 worker, naive DP and DDP `nproc` workers that split each global batch, PASO the
+most workers not above `nproc` that divide `P` (`P / n` window positions each; `paso_nproc`
+overrides), so all four see the same data at every step.
 """
 
 RUN = """\

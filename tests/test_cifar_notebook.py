@@ -195,7 +195,7 @@ def test_plan_smoke_runs_every_method_and_the_sweep() -> None:
     methods = [c.method for c in configs]
     assert methods[:4] == ["serial", "paso", "naive_dp", "ddp"]
     assert {c.nproc for c in configs if c.method in ("naive_dp", "ddp")} == {2}
-    assert all(c.nproc == c.P for c in configs if c.method == "paso")
+    assert all(c.nproc == 2 and c.P == 4 for c in configs if c.method == "paso")  # 2 positions on each device
     sweep = [(c.threshold, c.ema_decay) for c in configs if c.method == "paso"]
     assert sweep == [(1e-5, 0.999), (1e-1, 0.999)]  # the main point is not run twice
     assert len({cifar.describe_config(c) for c in configs}) == len(configs)
@@ -219,10 +219,23 @@ def test_plan_passes_each_method_only_its_own_options() -> None:
         cifar.run_options(params, "serial", 0, threshold=0.1)
 
 
-def test_plan_with_P7_gives_seven_paso_workers() -> None:
-    plan = cifar.prepare({"P": 7}, scale="default")
-    assert {c.world_size for c in plan.configs if c.method == "paso"} == {7}
-    assert {c.world_size for c in plan.configs if c.method == "ddp"} == {cifar.PRESETS["default"]["nproc"]}
+@pytest.mark.parametrize("values, paso_workers, suffix", [
+    ({"P": 7, "nproc": 8}, 7, ""),  # the paper's: one device per window position
+    ({"P": 7, "nproc": 1}, 1, "_on1"),  # the seed's single-device mode
+    ({"P": 7}, 1, "_on1"),  # 2 devices: 7 has no divisor between 1 and 7
+    ({"P": 4}, 2, "_on2"),  # 2 devices, 2 positions each
+    ({"P": 4, "paso_nproc": 4}, 4, ""),  # paso_nproc decides alone
+])
+def test_paso_uses_the_most_devices_dividing_P(values: dict[str, Any], paso_workers: int, suffix: str) -> None:
+    plan = cifar.prepare(values, scale="default")
+    assert {c.world_size for c in plan.configs if c.method == "paso"} == {paso_workers}
+    assert {c.world_size for c in plan.configs if c.method == "ddp"} == {values.get("nproc", 2)}
+    assert cifar.artifact_name(plan.params, "results").endswith(f"_P{values['P']}{suffix}_results")
+
+
+def test_paso_nproc_not_dividing_P_is_named_before_launch() -> None:
+    with pytest.raises(ConfigError, match="nproc\\*nnodes=3 does not divide P=4"):
+        cifar.prepare({"P": 4, "paso_nproc": 3}, scale="default")
 
 
 def test_sweep_is_a_cross_over_the_first_seeds() -> None:

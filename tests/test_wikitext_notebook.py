@@ -83,7 +83,8 @@ def test_run_options_give_each_method_its_workers() -> None:
     params = wt.resolve_params({}, "default")
     serial, paso, dp = (wt.run_options(params, m, 0) for m in ("serial", "paso", "ddp"))
     assert serial["nproc"] == 1
-    assert paso["nproc"] == paso["P"] == params["P"] and paso["ema_decay"] == params["ema_decay"]
+    assert paso["P"] == params["P"] and paso["ema_decay"] == params["ema_decay"]
+    assert paso["nproc"] == 2 == params["nproc"]  # P = 4 on the 2 devices, 2 positions each
     assert dp["nproc"] == params["nproc"]
     for options in (serial, dp):  # another method's option would be an error of RunConfig.from_dict
         assert not {"P", "threshold", "ema_decay"} & set(options)

@@ -56,10 +56,9 @@ METHOD_LABELS = {"serial": "serial", "paso": "PASO", "naive_dp": "naive DP", "dd
 METHOD_COLORS = {"serial": "black", "paso": "tab:red", "naive_dp": "tab:blue", "ddp": "tab:green"}
 
 #: Every notebook parameter; ``None`` in the notebook means "take it from the scale preset".
-#: ``nproc`` is the worker count of the data-parallel methods; PASO runs ``paso_nproc``
-#: workers holding ``P / paso_nproc`` window positions each (None: ``P``, one per position;
-#: 1: the seed's single-device mode; the trajectory is the same, only the time differs);
-#: serial runs one.
+#: ``nproc`` is the devices (workers) a study may use: the data-parallel methods run on all of
+#: them, PASO on the most that divide ``P`` (each holding ``P / n`` window positions; ``nproc=1``
+#: is the seed's single-device mode) unless ``paso_nproc`` says otherwise; serial runs one.
 PARAMETERS = (
     "P", "threshold", "ema_decay", "adaptivity", "steps", "batch_size", "lr", "optimizer",
     "model", "dataset", "data_root", "download", "nproc", "paso_nproc", "seeds", "eval_every",
@@ -259,8 +258,8 @@ def _base_options(params: Mapping[str, Any]) -> dict[str, Any]:
 def run_options(params: Mapping[str, Any], method: str, seed: int, **overrides: Any) -> dict[str, Any]:
     """The flat options of one run: the shared ones, the worker count, and only this
     method's own options (:data:`METHOD_OPTIONS`; ``overrides`` replace those, e.g. a sweep's
-    threshold). Workers: serial 1, PASO ``P`` (one per window step), DP ``nproc``."""
-    nproc = {"serial": 1, "paso": params["paso_nproc"] or params["P"]}.get(method, params["nproc"])
+    threshold). Workers: serial 1, PASO :func:`common.paso_workers`, DP ``nproc``."""
+    nproc = 1 if method == "serial" else common.paso_workers(params) if method == "paso" else params["nproc"]
     own = {k: params[k] for k in METHOD_OPTIONS.get(method, ())}
     unknown = sorted(set(overrides) - set(own))
     if unknown:

@@ -44,6 +44,7 @@ __all__ = [
     "training_time", "run_table", "baseline_values", "num",
     "X_AXES", "is_eval_column", "rows_for", "final_x", "run_points", "run_curve", "curve_points",
     "aggregate_curve", "sequential_curve", "iterations_to_reach", "column_rows", "per_optimizer", "names", "one_int",
+    "paso_workers",
     "placement_suffix",
 ]
 
@@ -162,11 +163,25 @@ def names(name: str, value: Any, valid: Sequence[str]) -> list[str]:
 
 
 
+def paso_workers(params: Mapping[str, Any]) -> int:
+    """PASO's worker count in a study: ``paso_nproc`` if given, else the most workers not above
+    ``nproc`` (the devices the study may use) that divide ``P``, each holding ``P / n``
+    window positions. ``P = 7`` with ``nproc = 8`` is the paper's one GPU per position;
+    ``nproc = 1`` is the seed's single-device mode. The trajectory is the same for every
+    placement; only the time differs."""
+    if params.get("paso_nproc"):
+        return int(params["paso_nproc"])
+    P, devices = params["P"], params["nproc"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (P, devices)):
+        return P  # the run's validation names the bad value
+    return max(n for n in range(1, P + 1) if P % n == 0 and n <= devices)
+
+
 def placement_suffix(params: Mapping[str, Any]) -> str:
     """``_on<n>`` when PASO runs on fewer workers than ``P`` (same trajectory, other timings),
     so such a run does not overwrite the one-worker-per-position artifacts."""
-    n = params.get("paso_nproc")
-    return f"_on{n}" if n and n != params["P"] else ""
+    n = paso_workers(params)
+    return f"_on{n}" if n != params["P"] else ""
 
 
 # =========================================================================== plans and runs

@@ -62,10 +62,9 @@ METHOD_STYLES = {"serial": ("-", 3.5), "paso": ("-", 1.8), "naive_dp": ("--", 1.
 ARTIFACT_STEM = "wikitext_paso"
 
 #: Every notebook parameter; ``None`` in the notebook means "take it from the scale preset".
-#: ``nproc`` is the worker count of the data-parallel methods; PASO runs ``paso_nproc``
-#: workers holding ``P / paso_nproc`` window positions each (None: ``P``, one per position;
-#: 1: the seed's single-device mode; the trajectory is the same, only the time differs);
-#: serial runs one.
+#: ``nproc`` is the devices (workers) a study may use: the data-parallel methods run on all of
+#: them, PASO on the most that divide ``P`` (each holding ``P / n`` window positions; ``nproc=1``
+#: is the seed's single-device mode) unless ``paso_nproc`` says otherwise; serial runs one.
 PARAMETERS = (
     "model", "model_dir", "dataset", "data_root", "download", "block_size", "steps", "batch_size",
     "eval_batch_size", "eval_every", "lr", "optimizer", "P", "threshold", "ema_decay", "nproc",
@@ -189,7 +188,7 @@ def run_options(params: Mapping[str, Any], method: str, seed: int) -> dict[str, 
     }
     if params.get("model_dir") is not None:
         opts["model_dir"] = params["model_dir"]
-    opts["nproc"] = {"serial": 1, "paso": params["paso_nproc"] or params["P"]}.get(method, params["nproc"])
+    opts["nproc"] = 1 if method == "serial" else common.paso_workers(params) if method == "paso" else params["nproc"]
     opts.update({k: params[k] for k in METHOD_OPTIONS.get(method, ())})
     return opts
 

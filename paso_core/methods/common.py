@@ -132,6 +132,31 @@ def loss_and_grad(task: Task, model: nn.Module, batch: Batch, step: int) -> floa
     return float(loss.detach())
 
 
+def batched_loss_and_grads(task: Task, model: nn.Module, param_sets: list[list[torch.Tensor]],
+                           batches: list[Batch], step: int) -> tuple[list[list[torch.Tensor]], list[float]]:
+    """Gradients and losses of several parameter sets of ``model``, each on its own batch, in one
+    ``torch.func.vmap(grad_and_value(...))`` call over the stacked sets (``functional_call``:
+    the module stays as it is).
+
+    Why one call: on one device the window's gradients then run as one batched kernel per
+    layer instead of one small kernel per position. ``param_sets[i]`` follows the order of the
+    model's trainable parameters; randomness is the one of ``step`` for every set, so only
+    models that draw none (no dropout in training) give each set its own step's result."""
+    from torch.func import functional_call, grad_and_value, vmap
+
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    stacked = {name: torch.stack([params[j] for params in param_sets]) for j, name in enumerate(names)}
+    stacked_batch = None if batches[0] is None else tuple(torch.stack(parts) for parts in zip(*batches))
+
+    def loss_of(params: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        return task.loss(lambda *args, **kw: functional_call(model, params, args, kw), batch, step)
+
+    grads, losses = vmap(grad_and_value(loss_of), in_dims=(0, None if stacked_batch is None else 0))(
+        stacked, stacked_batch)
+    return ([[grads[name][i] for name in names] for i in range(len(param_sets))],
+            [float(loss) for loss in losses])
+
+
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The full (unsharded) state dict of ``model`` on CPU, gathered from shards where the
     parameters are DTensors (collective then: every rank of the mesh calls it)."""

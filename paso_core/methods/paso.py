@@ -53,12 +53,13 @@ from ..config import RunConfig, check_batch_splits, check_window
 from ..context import WorkerContext
 from ..distributed import Comm
 from ..optim.scan import param_coeff, param_offset_into, prefix_scan_many_, state_coeffs, state_offsets_into
-from ..optim.updates import OptimSpec, TorchStep, functional_step, init_state, lr_at as lr_of
+from ..optim.updates import OptimSpec, TorchStep, clip_flat_, functional_step, init_state, lr_at as lr_of
 from ..options import ConfigError, MethodOptions, check_int, check_number, check_path_or_none, option
 from ..parallel import ParallelDims
 from ..tasks.base import Task
 from . import MethodSpec, register
-from .common import FlatLayout, FlatParams, clip_model_grads_, eval_columns, final_report, loss_and_grad, should_eval
+from .common import (FlatLayout, FlatParams, batched_loss_and_grads, clip_model_grads_, eval_columns, final_report,
+                     loss_and_grad, should_eval)
 
 #: Every parameter starts on this boundary inside the flat vector, as a fresh allocation would.
 ALIGN_BYTES = 512
@@ -69,6 +70,11 @@ ADAPTIVITY = ("mean", "median")
 THRESHOLD_ERRORS = ("seed", "next_guess")
 PASO_INITS = ("copy", "extrapolate", "trajectory")
 PASO_ROLLOUTS = ("auto", "scan", "relay")
+PASO_BATCHED = ("loop", "vmap")
+#: Model families whose gradients ``torch.func.vmap`` batches over parameter sets (checked by
+#: the tests); the others go through the loop: ``transformers`` models (attention masks and
+#: caches built with data-dependent Python control flow) and BatchNorm (refused by PASO anyway).
+VMAP_MODELS = {"synthetic": None, "vision": ("cnn", "vit", "resnet18")}
 
 
 @dataclass
@@ -93,6 +99,8 @@ class PasoOptions(MethodOptions):
     init_trajectory: str | None = option(None, "torch file of a recorded trajectory (init='trajectory')")
     rollout: str = option("auto", "scan: O(d log P) prefix scan; relay: sequential chain (coupled weight "
                           "decay); auto: scan when possible", PASO_ROLLOUTS)
+    batched: str = option("loop", "a worker's positions' gradients: loop (one after another) or vmap (one "
+                          "torch.func.vmap call; the window start's stays exact)", PASO_BATCHED)
 
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
@@ -106,6 +114,7 @@ class PasoOptions(MethodOptions):
         if self.data_parallel > 1:
             check_batch_splits(cfg, self.data_parallel, f"data_parallel={self.data_parallel} shards")
         _check_placement(self, cfg.world_size // self.data_parallel)
+        _check_batched(self, cfg)
         check_number("threshold", self.threshold, 0.0)
         check_number("ema_decay", self.ema_decay, 0.0, 1.0)
         _check_init_trajectory(self)
@@ -116,12 +125,26 @@ class PasoOptions(MethodOptions):
                 "or optimizer='adamw'")
 
 
+def _check_batched(opts: PasoOptions, cfg: RunConfig) -> None:
+    """vmap only where it is known to batch the model, and not across a data-parallel group."""
+    if opts.batched != "vmap":
+        return
+    models = VMAP_MODELS.get(cfg.task, ())
+    if models is not None and cfg.model not in models:
+        known = "; ".join(f"task={t!r}: {'any model' if m is None else ', '.join(m)}" for t, m in VMAP_MODELS.items())
+        raise ConfigError(f"batched='vmap' cannot batch task={cfg.task!r} model={cfg.model!r} (transformers' models "
+                          f"and BatchNorm are not vmap-safe); it batches {known}; use batched='loop'")
+    if opts.data_parallel > 1:
+        raise ConfigError(f"batched='vmap' with data_parallel={opts.data_parallel} is not built (a position's "
+                          "gradient is then an all-reduce of shards); use batched='loop'")
+
+
 def _check_placement(opts: PasoOptions, world: int) -> None:
     """The workers must share the window evenly, and agree with ``positions_per_rank`` if given
     (``world``: the ranks of one data-parallel replica of the window)."""
     divisors = [n * opts.data_parallel for n in range(1, opts.P + 1) if opts.P % n == 0]
     if opts.P % world:
-        which = "nproc*nnodes" if opts.data_parallel == 1 else f"nproc*nnodes/data_parallel"
+        which = "nproc*nnodes" if opts.data_parallel == 1 else "nproc*nnodes/data_parallel"
         raise ConfigError(f"{which}={world} does not divide P={opts.P}: every worker holds the same number of "
                           f"window positions; choose nproc*nnodes among {', '.join(map(str, divisors))}")
     if opts.positions_per_rank is not None:
@@ -404,8 +427,32 @@ class PasoWorker:
 
     # --------------------------------------------------------------- one iteration
     def gradients(self, window: int) -> list[tuple[float, float]]:
-        """Each active position's gradient at its guess, in ``grad``: ``(loss, seconds)`` per position."""
-        return [self.gradient(position, self.pos(position) < window) for position in self.positions]
+        """Each active position's gradient at its guess, in ``grad``: ``(loss, seconds)`` per position.
+
+        ``batched="vmap"``: the active positions other than the window start in one
+        ``torch.func.vmap`` call (each on its own parameters and its own step's batch); the window
+        start's gradient is computed alone, so the accepted step stays serial training's."""
+        batch = [p for p in self.positions if 0 < self.pos(p) < window] if self.opts.batched == "vmap" else []
+        if len(batch) < 2:
+            batch = []
+        done = dict(zip((p.slot for p in batch), self.vmapped_gradients(batch))) if batch else {}
+        return [done[p.slot] if p.slot in done else self.gradient(p, self.pos(p) < window) for p in self.positions]
+
+    def vmapped_gradients(self, positions: list[Position]) -> list[tuple[float, float]]:
+        """Gradients of several positions in one :func:`batched_loss_and_grads` call, clipped per
+        position (``clip_flat_``: the norm over one flat vector, equal to ``clip_grad_norm_`` up
+        to rounding, so these are guesses' gradients, never the window start's)."""
+        tic = time.perf_counter()
+        steps = [self.win.start + self.pos(p) for p in positions]
+        grads, losses = batched_loss_and_grads(self.task, self.model, [self.layout.views(p.x) for p in positions],
+                                               [self.task.train_batch(step) for step in steps], steps[0])
+        for position, grad in zip(positions, grads):
+            position.grad.zero_()  # the padding between parameters stays zero
+            for view, value in zip(self.layout.views(position.grad), grad):
+                view.copy_(value)
+            clip_flat_(position.grad, self.spec.grad_clip)
+        seconds = (time.perf_counter() - tic) / len(positions)
+        return [(loss, seconds) for loss in losses]
 
     def gradient(self, position: Position, active: bool) -> tuple[float, float]:
         if not active:
