@@ -13,7 +13,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[text,notebooks,test]"
+	$(PY) -m pip install -q -e ".[text,notebooks,test,logging]"
 	touch $@
 
 # Unit + integration tests, then every notebook executed by nbmake at smoke scale

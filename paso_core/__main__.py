@@ -1,4 +1,5 @@
-"""CLI over the same options as ``paso_core.run``: ``python -m paso_core run --method paso ...``.
+"""CLI over the same options as ``paso_core.run``: ``python -m paso_core run --method paso ...``;
+``python -m paso_core plot RUN ... --column train_loss`` overlays a metric of finished runs.
 
 Flags are generated from the declarations (:class:`RunConfig` and every registered
 method's options), so the CLI can never drift from the API; ``--help`` shows each
@@ -18,6 +19,7 @@ from .config import RunConfig, shared_fields
 from .launch import RunError, RunInterrupted, launch
 from .methods import get_method, method_names
 from .options import ConfigError, choices_of, help_of
+from .plot_runs import X_COLUMNS, PlotError, plot_runs
 
 
 def _flag_type(hint: typing.Any) -> tuple[typing.Any, dict[str, typing.Any]]:
@@ -85,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
         "canary", help="first-step canary: one SGD step (lr 1) of a method against serial torch.optim",
         description=f"methods:\n{methods}", formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_option_flags(canary)
+    plot = sub.add_parser("plot", help="overlay one metrics column of several run directories in one PNG",
+                          description="Overlay one metrics.csv column of several run directories; rows where "
+                                      "the column is empty (e.g. training columns on evaluation rows) are skipped.")
+    plot.add_argument("runs", nargs="+", metavar="RUN", help="run directories (each with metrics.csv)")
+    plot.add_argument("--column", required=True, help="metrics column to draw, e.g. train_loss, eval_loss")
+    plot.add_argument("--x", default="step", choices=tuple(X_COLUMNS),
+                      help="x axis: step (steps_done), iteration, train_time_s, ... (default: step)")
+    plot.add_argument("--out", default=None, help="PNG to write (default: <column>.png here)")
+    plot.add_argument("--logy", action="store_true", help="logarithmic y axis")
     return parser
 
 
@@ -100,9 +111,23 @@ def _canary(args: dict[str, typing.Any]) -> int:
     return 0
 
 
+def _plot(args: dict[str, typing.Any]) -> int:
+    try:
+        out, notes = plot_runs(args["runs"], args["column"], x=args["x"], out=args["out"], logy=args["logy"])
+    except PlotError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     command = args.pop("command")
+    if command == "plot":
+        return _plot(args)
     as_json = args.pop("json", False)
     try:
         if command == "canary":

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .tasks.families import BUILT_MODELS as BUILT_TEXT_MODELS
+from .mirror import MIRRORS, check_available as check_mirror_available
 from .options import (ConfigError, check_bool, check_choice, check_int, check_number,
                       check_path_or_none, option)
 
@@ -43,6 +45,7 @@ MODELS_BY_TASK = {"vision": VISION_MODELS, "text": TEXT_MODELS}
 NOT_DOWNLOADABLE = ("tinyimagenet",)  # no loader with a download: the files must be under data_root
 ON_DISK_DATASETS = ("cifar10", "tinyimagenet", "wikitext2", "parquet")  # read from data_root (or downloaded); the others are bundled
 FAULT_KINDS = ("raise", "exit", "hang", "wrong_grads", "slow_comm")
+MIRROR_KINDS = tuple(MIRRORS)  # metrics mirrors (mirror.py); each needs its package installed
 #: Options that were once passed inside ``extra={...}``; :meth:`RunConfig.from_dict` still
 #: accepts that form (old config.json files, old calls) and maps it onto the fields.
 LEGACY_EXTRA = ("n_positions", "vocab_size", "eval_test", "keep_dropout", "attn_implementation",
@@ -124,6 +127,8 @@ class RunConfig:
     resume: bool = option(False, "continue from the run directory's checkpoint")
     stop_after: int | None = option(None, "stop (with a checkpoint) after this many iterations")
     progress: bool = option(True, "show a progress bar")
+    mirror: str | None = option(None, "also send every metrics row to TensorBoard (<run dir>/tensorboard) or an "
+                                      "offline W&B run (<run dir>/wandb); needs that package", MIRROR_KINDS)
     inject_fault: dict[str, Any] | None = option(
         None, "test hook of the worker: {'rank': r, 'kind': 'raise' | 'exit' | 'hang' | 'wrong_grads' | 'slow_comm'}")
     #: The method's typed options (set from the method's defaults when not given).
@@ -273,7 +278,16 @@ def validate(cfg: RunConfig) -> RunConfig:
         rule = f" {spec.world_rule};" if spec.world_rule else ":"
         raise ConfigError(f"method={cfg.method!r}{rule} got nproc={cfg.nproc}, nnodes={cfg.nnodes}. {err}") from None
     _check_fault(cfg.inject_fault, cfg.world_size)
+    _check_mirror(cfg.mirror)
     return cfg
+
+
+def _check_mirror(mirror: Any) -> None:
+    """A known mirror whose package is installed: a missing one fails here, not in a worker."""
+    if mirror is None:
+        return
+    check_choice("mirror", mirror, MIRROR_KINDS)
+    check_mirror_available(mirror)
 
 
 def _check_task(cfg: RunConfig) -> None:
@@ -377,6 +391,25 @@ def _check_processes(cfg: RunConfig) -> None:
         check_int("stop_after", cfg.stop_after)
     if cfg.nnodes > 1 and not cfg.rdzv_endpoint:
         raise ConfigError(f"nnodes={cfg.nnodes} needs rdzv_endpoint='host:port' of the rendezvous")
+    _check_nodes(cfg)
+
+
+_ENDPOINT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):([0-9]{1,5})")
+
+
+def _check_nodes(cfg: RunConfig) -> None:
+    """node_rank and rdzv_endpoint, checked here because a bad one otherwise surfaces as a
+    torchrun traceback, or as nodes waiting for a peer that never comes until the timeout."""
+    check_int("node_rank", cfg.node_rank, 0)
+    if cfg.node_rank >= cfg.nnodes:
+        raise ConfigError(f"node_rank={cfg.node_rank} is not valid with nnodes={cfg.nnodes}; give every node its "
+                          f"own rank in 0..{cfg.nnodes - 1} (node_rank=0 hosts the rendezvous)")
+    if cfg.rdzv_endpoint in (None, ""):  # one node, standalone
+        return
+    match = _ENDPOINT.fullmatch(cfg.rdzv_endpoint) if isinstance(cfg.rdzv_endpoint, str) else None
+    if match is None or not 1 <= int(match.group(2)) <= 65535:
+        raise ConfigError(f"rdzv_endpoint={cfg.rdzv_endpoint!r} is not valid; give 'host:port' of the node with "
+                          "node_rank=0 and a free port in 1..65535, e.g. 'node0:29400' or '[fd00::1]:29400'")
 
 
 def check_batch_splits(cfg: RunConfig, parts: int, why: str) -> None:

@@ -20,6 +20,7 @@ import torch
 from .config import RunConfig
 from .distributed import ByteMeter, Comm
 from .metrics import check_row
+from .mirror import open_mirror
 from .parallel import ParallelDims
 
 PROGRESS_TAG = "PASO_PROGRESS "
@@ -88,6 +89,7 @@ class WorkerContext:
     train_time_s: float = 0.0       # sum of every iteration's time_iteration_s (checkpointed)
     bytes_iter_max: int = 0         # the most bytes any rank sent in one iteration so far
     _metrics_file: Any = None
+    _mirror: Any = None                # TensorBoard / W&B copy of the rows (``cfg.mirror``)
     _comm_mark: float = 0.0            # meter seconds when the iteration's comm time started
     _groups: dict[str, Comm] = field(default_factory=dict)
 
@@ -132,6 +134,8 @@ class WorkerContext:
         elif keep_rows is None and path.exists():
             path.unlink()
         self._metrics_file = path.open("a")
+        self._mirror = open_mirror(self.cfg.mirror, self.run_dir, self.cfg.to_dict(),
+                                   resume_after=_last_iteration(path) if keep_rows is not None else None)
 
     def log_row(self, row: dict[str, Any]) -> None:
         """Append one metrics row (logging rank only) after checking it against the schema;
@@ -142,6 +146,8 @@ class WorkerContext:
         check_row(row)
         self._metrics_file.write(json.dumps(row, default=float) + "\n")
         self._metrics_file.flush()
+        if self._mirror is not None:
+            self._mirror.log(row)
 
     def start_iteration(self) -> IterationClock:
         """Start an iteration's clock; its ``time_comm_s`` then counts communication from
@@ -195,6 +201,9 @@ class WorkerContext:
         if self._metrics_file is not None:
             self._metrics_file.close()
             self._metrics_file = None
+        if self._mirror is not None:
+            self._mirror.close()
+            self._mirror = None
 
     def progress(self, done: int, total: int, **info: Any) -> None:
         """A progress line for the launcher's bar (logging rank only)."""
@@ -241,6 +250,13 @@ class WorkerContext:
             return self.cfg.stop_after is not None and done >= self.cfg.stop_after
         hit_multiple = done // every > previous // every
         return hit_multiple or (self.cfg.stop_after is not None and done >= self.cfg.stop_after)
+
+
+def _last_iteration(path: Path) -> int:
+    """The iteration of the last row kept in ``metrics.jsonl`` (0 when none): a resumed run's
+    mirror drops what the earlier attempt logged after it."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return int(json.loads(lines[-1]).get("iteration", 0)) if lines else 0
 
 
 def _plain(value: Any) -> Any:

@@ -72,8 +72,12 @@ def torchrun_command(cfg: RunConfig, config_path: Path, *more: Path) -> list[str
     if cfg.nnodes == 1 and not cfg.rdzv_endpoint:
         cmd.append("--standalone")
     else:
-        cmd += ["--rdzv-backend=c10d", f"--rdzv-endpoint={cfg.rdzv_endpoint}",
-                f"--rdzv-id={config_path.parent.name}", f"--node-rank={cfg.node_rank}"]
+        # static, not c10d: only the static rendezvous honours --node-rank (c10d ranks nodes
+        # by host name and pid), and node_rank decides where ranks and results land. The id
+        # must be the same on every node (agents with different ids never meet); node 0's
+        # agent hosts a fresh store on the endpoint for each launch, so a constant is enough.
+        cmd += ["--rdzv-backend=static", f"--rdzv-endpoint={cfg.rdzv_endpoint}", "--rdzv-id=paso_core",
+                f"--node-rank={cfg.node_rank}"]
     return cmd + ["-m", "paso_core.worker", str(config_path), *map(str, more)]
 
 
@@ -426,7 +430,32 @@ def launch_all(cfgs: Sequence[RunConfig]) -> list[RunResult]:
     if proc.returncode != 0:
         jsonl_to_csv(run_dir)
         raise _failure_report(run_dir, proc.returncode)
+    for cfg, run_dir in zip(cfgs, run_dirs):
+        if cfg.nnodes > 1 and not (run_dir / "summary.json").exists():
+            _point_to_results_node(cfg, run_dir)
     return [load_run(d) for d in run_dirs]
+
+
+def _point_to_results_node(cfg: RunConfig, run_dir: Path) -> None:
+    """Write a summary naming the node that holds the results, on a node without them.
+
+    Why: one rank (the method's logging rank) writes metrics, ``summary.json`` and
+    ``final.pt``, on its own node; the other nodes' launches finished too, and their
+    :class:`RunResult` should say so and where to look rather than "incomplete".
+    """
+    from .methods import get_method
+
+    log_rank = get_method(cfg.method).dims(cfg).logging_rank()
+    node = log_rank // cfg.nproc  # the static rendezvous gives node k ranks k*nproc ... k*nproc+nproc-1
+    first = cfg.node_rank * cfg.nproc
+    summary = {
+        "status": "completed", "method": cfg.method, "task": cfg.task, "world_size": cfg.world_size,
+        "nnodes": cfg.nnodes, "node_rank": cfg.node_rank, "ranks_on_this_node": list(range(first, first + cfg.nproc)),
+        "log_rank": log_rank, "results_node_rank": node,
+        "note": f"metrics, summary.json and final.pt are in the run directory of node_rank={node} "
+                f"(written by rank {log_rank}); this one holds the logs of ranks {first}..{first + cfg.nproc - 1}",
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
 def launch_grouped(cfgs: Sequence[RunConfig]) -> list[RunResult]:

@@ -36,8 +36,9 @@ def artifacts_root() -> Path:
 
 def config_digest(cfg: RunConfig) -> str:
     """A short hash of the options that change results (not paths or progress display)."""
-    ignored = {"out_dir", "run_name", "progress", "resume", "stop_after", "checkpoint_every"}
+    ignored = {"out_dir", "run_name", "progress", "resume", "stop_after", "checkpoint_every", "mirror"}
     data = {k: v for k, v in cfg.to_dict().items() if k not in ignored}
+    data["node_rank"] = 0  # the nodes of one run agree on it (and single-node digests stay as they were)
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -47,9 +48,14 @@ def default_run_name(cfg: RunConfig) -> str:
 
 
 def run_dir_for(cfg: RunConfig) -> Path:
-    if cfg.out_dir:
-        return Path(cfg.out_dir)
-    return artifacts_root() / "runs" / (cfg.run_name or default_run_name(cfg))
+    """``out_dir``, else ``artifacts/runs/<run_name or default name>``; node ``k > 0`` of a
+    multi-node run uses ``<that>.node<k>`` beside it, so nodes sharing a filesystem (or one
+    machine) never clear or overwrite each other's directory."""
+    path = Path(cfg.out_dir) if cfg.out_dir else artifacts_root() / "runs" / (cfg.run_name or default_run_name(cfg))
+    if not cfg.node_rank:
+        return path
+    path = path.resolve()  # a name to extend, even for out_dir="."
+    return path.with_name(f"{path.name}.node{cfg.node_rank}")
 
 
 def read_metrics(path: Path) -> "pd.DataFrame":
