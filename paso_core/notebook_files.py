@@ -1,19 +1,16 @@
-"""Finishing and writing the generated notebooks, shared by ``notebooks/build_*.py``, and
-the check of their papermill parameters that runs inside the notebooks.
+"""The check of the notebooks' papermill parameters that runs inside every notebook.
 
-Why: every builder must give the same kernel metadata and stable cell ids (so rebuilding
-yields an identical, diff-able file) and must validate before writing; and every notebook
-must reject a misspelt ``papermill -p`` name, which papermill itself only warns about
-("Passed unknown parameter") before running hours of work with the default instead.
+Why: every notebook must reject a misspelt ``papermill -p`` name, which papermill itself only
+warns about ("Passed unknown parameter") before running hours of work with the default instead.
+The notebooks are kept as jupytext percent-format ``notebooks/<name>.py`` files paired with
+their ``.ipynb`` (``tests/test_notebook_parameters.py`` checks the pairs are in sync); their
+parameters cell ends with :data:`SNAPSHOT_LINE` and the next cell is :data:`CHECK_CELL`.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, MutableMapping
-
-import nbformat
 
 from .config import ConfigError
 
@@ -34,14 +31,6 @@ check_parameters(globals())
 # Names the kernel itself defines: dunders, and IPython's history (_, __, ___, _i, _ii, _iii,
 # _1, _i1, _oh, _dh, _ih), which grows as cells run.
 _KERNEL_NAMES = re.compile(r"__\w+__|_{1,3}|_i{1,3}|_i?\d+|_[oid]h")
-
-
-def parameters_cells(source: str) -> list[nbformat.NotebookNode]:
-    """The code cell tagged ``parameters`` (papermill's anchor), ending with :data:`SNAPSHOT_LINE`,
-    and the :data:`CHECK_CELL` that follows it."""
-    cell = nbformat.v4.new_code_cell(source.rstrip("\n") + "\n" + SNAPSHOT_LINE)
-    cell.metadata["tags"] = ["parameters"]
-    return [cell, nbformat.v4.new_code_cell(CHECK_CELL)]
 
 
 def _kernel_hidden_names() -> set[str]:
@@ -76,20 +65,3 @@ def check_parameters(namespace: MutableMapping[str, Any]) -> None:
     if unknown:
         raise ConfigError(f"unknown notebook parameter(s) {unknown} (papermill -p); this notebook's "
                           f"parameters are: {', '.join(declared)}")
-
-
-def finish_notebook(cells: list, id_prefix: str) -> nbformat.NotebookNode:
-    """A notebook of ``cells`` with the python3 kernel and ids ``<id_prefix>-NN``."""
-    nb = nbformat.v4.new_notebook(cells=cells)
-    for i, cell in enumerate(nb.cells):
-        cell.id = f"{id_prefix}-{i:02d}"
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    return nb
-
-
-def write_notebook(nb: nbformat.NotebookNode, target: Path) -> Path:
-    """Validate ``nb`` and write it to ``target``."""
-    nbformat.validate(nb)
-    nbformat.write(nb, target)
-    return target

@@ -10,7 +10,6 @@ notebook at smoke scale with all artifacts under a temporary directory.
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,6 @@ matplotlib.use("Agg")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "cifar_paso.ipynb"
-BUILDER = ROOT / "notebooks" / "build_cifar_paso.py"
 
 
 # =========================================================================== helpers
@@ -460,21 +458,10 @@ def test_discussion_is_generated_from_the_numbers(fake_results: list[RunResult])
 
 
 # =========================================================================== notebook source
-def _load_builder() -> Any:
-    spec = importlib.util.spec_from_file_location("build_cifar_paso", BUILDER)
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_notebook_matches_its_builder_and_has_a_parameters_cell() -> None:
+def test_notebook_has_one_parameters_cell_with_every_parameter() -> None:
     import nbformat
 
-    built = _load_builder().build()
     on_disk = nbformat.read(NOTEBOOK, as_version=4)
-    assert [c.source for c in built.cells] == [c.source for c in on_disk.cells], \
-        "run python notebooks/build_cifar_paso.py"
     tagged = [c for c in on_disk.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1
     translators = pytest.importorskip("papermill.translators")

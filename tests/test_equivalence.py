@@ -20,7 +20,6 @@ import torch
 from paso_core import equivalence, load_run
 from paso_core.equivalence import EXACT, Case, Reference, run_matrix
 from paso_core.metrics import train_rows
-from paso_core.worker import SLOW_COMM_S
 
 from test_paso_exact import OPTIMIZERS, TASKS  # PASO's cases: warm-up, cosine decay, clipping below the norms
 

@@ -290,7 +290,10 @@ def test_train_batch_shapes_and_targets(task):
 
 def test_epoch_covers_train_blocks_once(task):
     per_epoch = task.batches_per_epoch()
-    rows = lambda step: torch.cat([task.train_batch(step)[0], task.train_batch(step)[1][:, -1:]], 1)
+
+    def rows(step: int) -> torch.Tensor:
+        return torch.cat([task.train_batch(step)[0], task.train_batch(step)[1][:, -1:]], 1)
+
     epoch0 = torch.cat([rows(s) for s in range(per_epoch)])
     train = {tuple(r) for r in task.blocks["train"].tolist()}
     got = [tuple(r) for r in epoch0.tolist()]

@@ -217,7 +217,7 @@ def test_table2_layout_and_numbers(fake_results: dict[str, list[RunResult]]) -> 
     assert list(table.columns) == list(wt.TABLE2_COLUMNS)
     assert list(table["source"]) == [wt.MEASURED, wt.REPORTED] * 4
     labels = [wt.METHOD_LABELS[m] for m in wt.METHODS]
-    assert list(table["method"]) == [l for l in labels for _ in range(2)]
+    assert list(table["method"]) == [label for label in labels for _ in range(2)]
     ours = table[table["source"] == wt.MEASURED].set_index("method")
     serial, paso = ours.loc[wt.METHOD_LABELS["serial"]], ours.loc[wt.METHOD_LABELS["paso"]]
     assert serial["PPL"] == pytest.approx(1.1 * 105)

@@ -361,7 +361,7 @@ def vision_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     if isinstance(model, SmallViT):
         return _vit_blocks(model)
     if isinstance(model, torchvision.models.ResNet):
-        return _deep_resnet_blocks(model) if sum(len(l) for l in (model.layer1, model.layer2, model.layer3,
+        return _deep_resnet_blocks(model) if sum(len(layer) for layer in (model.layer1, model.layer2, model.layer3,
                                                                   model.layer4)) > 8 else _resnet_blocks(model)
     if isinstance(model, InceptionV3):
         return _inception_blocks(model)
