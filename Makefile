@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 SCALE ?= default
 
-.PHONY: setup test test-all artifacts benchmarks clean-runs
+.PHONY: setup test test-all artifacts benchmarks gpu-check clean-runs
 
 setup: $(VENV)/.installed
 
@@ -26,8 +26,15 @@ test-all: setup
 	T=$$(mktemp -d) && PASO_SCALE=smoke PASO_ARTIFACTS=$$T/artifacts $(PY) -m pytest -q -m "slow or not slow" \
 	  tests --nbmake notebooks --nbmake-timeout=900 --basetemp=$$T/pytest --durations=15
 
+# SCALE=smoke|default|paper; ONLY="cifar_paso paso_placement" runs those jobs; finished runs of
+# the same config and code are reused unless FORCE=1.
 artifacts: setup
-	$(PY) -m paso_core.reproduce --scale $(SCALE)
+	$(PY) -m paso_core.reproduce --scale $(SCALE) $(if $(ONLY),--only $(ONLY)) $(if $(FORCE),--force)
+
+# On a CUDA machine (a few minutes): every method once on the visible GPUs, PASO's exactness,
+# one canary per engine, against serial on the same device -> artifacts/tables/gpu_check.md
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py --out artifacts
 
 benchmarks: setup
 	$(PY) benchmarks/paso_scaling.py --out artifacts

@@ -67,8 +67,21 @@ def pick_device(cfg: RunConfig, local_rank: int) -> torch.device:
             raise RuntimeError(f"local rank {local_rank} has no GPU of its own: only {count} visible "
                                f"(one GPU per rank; use device='cpu' or at most {count} workers per node)")
         torch.cuda.set_device(local_rank)
+        exact_cuda_kernels()
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def exact_cuda_kernels() -> None:
+    """Deterministic cuDNN and full-float32 matmuls/convolutions on CUDA.
+
+    Why: PASO's exactness (threshold 0 equals serial bit for bit) and every engine-vs-serial
+    comparison need the same inputs to give the same bits; cuDNN's autotuner and TF32 (on by
+    default for convolutions on Ampere and later) break both."""
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def backend_for(device: torch.device) -> str:

@@ -26,7 +26,7 @@ from .options import ConfigError
 from .context import PROGRESS_TAG
 from .distributed import check_devices
 from .provenance import provenance
-from .runs import RunResult, jsonl_to_csv, load_run, read_metrics_rows, run_dir_for
+from .runs import CODE_DIGEST_FILE, REUSE_ENV, REUSE_LOG_ENV, RunResult, code_digest, jsonl_to_csv, load_run, read_metrics_rows, reusable_run, run_dir_for
 
 
 class RunError(RuntimeError):
@@ -90,6 +90,7 @@ def _prepare_run_dir(cfg: RunConfig) -> Path:
         stale.unlink()
     (run_dir / "summary.json").unlink(missing_ok=True)
     cfg.to_json(run_dir / "config.json")
+    (run_dir / CODE_DIGEST_FILE).write_text(code_digest() + "\n")  # what reusable_run compares
     return run_dir
 
 
@@ -374,6 +375,16 @@ def launch_all(cfgs: Sequence[RunConfig]) -> list[RunResult]:
     """
     started = time.monotonic()
     cfgs = [validate(c) for c in cfgs]
+    reused = {i: path for i, path in enumerate(map(reusable_run, cfgs)) if path is not None}
+    if reused:  # finished runs of the same config (the reproduce-all's reuse): launch only the others
+        fresh = [c for i, c in enumerate(cfgs) if i not in reused]
+        done = iter(launch_all(fresh)) if fresh else iter(())
+        print(f"[paso_core] reusing {len(reused)} finished run(s) of the same config "
+              f"(${REUSE_ENV}=1; force to rerun)", file=sys.stderr, flush=True)
+        if os.environ.get(REUSE_LOG_ENV):  # the reproduce-all counts them per job
+            with open(os.environ[REUSE_LOG_ENV], "a") as log:
+                log.writelines(f"{path}\n" for path in reused.values())
+        return [load_run(reused[i]) if i in reused else next(done) for i in range(len(cfgs))]
     if not cfgs:
         return []
     first = cfgs[0]

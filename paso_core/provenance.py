@@ -16,6 +16,17 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 
 
+def repo_relative(text: str, artifacts: Path | None = None) -> str:
+    """``text`` with this checkout's absolute path (and the artifacts root's, when it lives
+    elsewhere) written relative to the repository: ``artifacts/runs/...``, ``notebooks/...``.
+
+    Why: committed artifacts must not carry the build machine's paths (``/home/<user>/...``,
+    a ``/tmp`` clone); a reader's checkout resolves the relative ones."""
+    if artifacts is not None and artifacts.resolve() != (REPO / "artifacts").resolve():
+        text = text.replace(f"{artifacts.resolve()}/", "artifacts/").replace(str(artifacts.resolve()), "artifacts")
+    return text.replace(f"{REPO}/", "").replace(str(REPO), ".")
+
+
 def git_state(repo: Path = REPO) -> dict[str, Any] | None:
     """Commit and whether tracked code differs from it (``artifacts/`` excluded: the main job
     rewrites it); None outside a git checkout."""

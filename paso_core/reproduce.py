@@ -1,21 +1,30 @@
 """The main job: execute every notebook and benchmark, and index what they produced.
 
 ``python -m paso_core.reproduce --scale default`` (what ``make artifacts`` runs) executes
-each notebook with papermill into ``artifacts/notebooks/``, runs the benchmarks, and
-writes ``artifacts/INDEX.md`` listing every figure and table with the time each job took.
-One failing job does not stop the others; the exit code says whether all succeeded.
+each notebook with papermill into ``artifacts/notebooks/`` (rendered to HTML without input
+cells under ``artifacts/html/``), runs the benchmarks, and writes ``artifacts/INDEX.md``
+listing every figure and table with the time each job took. One failing job does not stop
+the others; the exit code says whether all succeeded.
+
+Runs are keyed by their config: unless ``--force``, a finished run with the same options is
+reused (:func:`paso_core.runs.reusable_run`), so a second invocation, or one resumed after an
+interruption, only redoes what is missing; the index says how many runs each job reused.
+Paths recorded in the executed notebooks are written relative to the repository.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from .runs import artifacts_root
+from .provenance import repo_relative
+from .runs import REUSE_ENV, REUSE_LOG_ENV, artifacts_root
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ("optex_comparison", "cifar_paso", "wikitext_paso", "parallel_strategies", "pipeoptim_curves",
@@ -51,6 +60,38 @@ class JobResult:
     ok: bool
     seconds: float
     detail: str
+    reused: int = 0  # finished runs of the same config it reused instead of running
+
+
+def counting_reuse(job: Callable[[], JobResult], log: Path) -> JobResult:
+    """Run ``job`` with the launches' reuse log pointed at ``log``, and record how many runs it reused."""
+    log.unlink(missing_ok=True)
+    os.environ[REUSE_LOG_ENV] = str(log)
+    try:
+        result = job()
+    finally:
+        os.environ.pop(REUSE_LOG_ENV, None)
+    result.reused = len(log.read_text().splitlines()) if log.exists() else 0
+    log.unlink(missing_ok=True)
+    return result
+
+
+def relative_notebook(path: Path, root: Path) -> None:
+    """Rewrite an executed notebook's absolute paths of this checkout relative to it."""
+    path.write_text(repo_relative(path.read_text(), root))
+
+
+def render_html(notebook: Path, html_dir: Path) -> Path:
+    """The executed notebook as HTML without its input cells (what a reader opens in a browser)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    html_dir.mkdir(parents=True, exist_ok=True)
+    body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(
+        nbformat.read(notebook, as_version=4))
+    target = html_dir / f"{notebook.stem}.html"
+    target.write_text(body)
+    return target
 
 
 def run_notebook(name: str, scale: str, out_dir: Path) -> JobResult:
@@ -62,6 +103,8 @@ def run_notebook(name: str, scale: str, out_dir: Path) -> JobResult:
         papermill.execute_notebook(str(REPO / "notebooks" / f"{name}.ipynb"), str(out_dir / f"{name}.ipynb"),
                                    parameters={"scale": scale}, cwd=str(REPO / "notebooks"),
                                    progress_bar=False, log_output=False)
+        relative_notebook(out_dir / f"{name}.ipynb", out_dir.parent)
+        render_html(out_dir / f"{name}.ipynb", out_dir.parent / "html")
         return JobResult(name, True, time.perf_counter() - tic, f"notebooks/{name}.ipynb")
     except Exception as err:  # noqa: BLE001 - report and continue with the other jobs
         return JobResult(name, False, time.perf_counter() - tic, f"{type(err).__name__}: {err}"[:2000])
@@ -85,8 +128,9 @@ def previous_jobs(root: Path, scale: str) -> list[JobResult]:
     jobs = []
     for line in path.read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 4 and cells[0] in NOTEBOOKS + tuple(BENCHMARKS) and cells[2].isdigit():
-            jobs.append(JobResult(cells[0], cells[1] == "ok", float(cells[2]), cells[3]))
+        if len(cells) in (4, 5) and cells[0] in NOTEBOOKS + tuple(BENCHMARKS) and cells[2].isdigit():
+            reused = int(cells[3]) if len(cells) == 5 and cells[3].isdigit() else 0
+            jobs.append(JobResult(cells[0], cells[1] == "ok", float(cells[2]), cells[-1], reused))
     return jobs
 
 
@@ -101,15 +145,21 @@ def write_index(root: Path, scale: str, jobs: list[JobResult]) -> Path:
     """A Markdown index of every figure and table under ``root`` with the jobs' timings; jobs of
     an earlier run at the same scale that were not rerun (``--only``) keep their rows."""
     jobs = merged_jobs(previous_jobs(root, scale), jobs)
-    lines = [f"# Artifacts (scale: {scale})", "", "| job | status | seconds | source |", "|---|---|---|---|"]
+    lines = [f"# Artifacts (scale: {scale})", "", "| job | status | seconds | runs reused | source |",
+             "|---|---|---|---|---|"]
     for job in jobs:
         detail = job.detail.splitlines()[0] if job.ok else job.detail.splitlines()[-1]
-        lines.append(f"| {job.name} | {'ok' if job.ok else 'FAILED'} | {job.seconds:.0f} | {detail} |")
+        lines.append(f"| {job.name} | {'ok' if job.ok else 'FAILED'} | {job.seconds:.0f} | {job.reused} | {detail} |")
     for kind, pattern in (("Figures", "figures/*.png"), ("Tables", "tables/*.md")):
         lines += ["", f"## {kind}", ""]
         lines += [f"- [{p.relative_to(root)}]({p.relative_to(root)})" for p in sorted(root.glob(pattern))]
+    lines += ["", "## Executed notebooks", ""]
+    lines += [f"- [{p.relative_to(root)}]({p.relative_to(root)}) (HTML, no input cells)"
+              for p in sorted(root.glob("html/*.html"))]
     lines += ["", "Every figure and table has a `.json` beside it with the config and machine that made it;",
-              "the runs themselves are under `runs/` (config.json, metrics.csv, summary.json, logs)."]
+              "the runs themselves are under `runs/` (config.json, metrics.csv, summary.json, logs).",
+              "`seconds` is the job's time in the invocation that last ran it; a job that reused finished",
+              "runs (same config: `runs reused`) took less than a fresh one (`make artifacts FORCE=1`)."]
     path = root / "INDEX.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -120,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", choices=SCALES, default="default")
     parser.add_argument("--only", nargs="*", default=None,
                         help=f"jobs to run (default all): {', '.join(NOTEBOOKS + tuple(BENCHMARKS))}")
+    parser.add_argument("--force", action="store_true",
+                        help="rerun every run (default: reuse finished runs whose config is the same)")
     args = parser.parse_args(argv)
     root = artifacts_root()
     root.mkdir(parents=True, exist_ok=True)
@@ -127,21 +179,28 @@ def main(argv: list[str] | None = None) -> int:
     unknown = wanted - set(NOTEBOOKS) - set(BENCHMARKS)
     if unknown:
         parser.error(f"unknown job(s) {sorted(unknown)}; choose from {', '.join(NOTEBOOKS + tuple(BENCHMARKS))}")
+    if args.force:
+        os.environ.pop(REUSE_ENV, None)
+    else:
+        os.environ[REUSE_ENV] = "1"  # inherited by the notebooks' kernels and the benchmarks
+    reuse_log = root / ".reused_runs"
     jobs: list[JobResult] = []
     if "engine_canary" in wanted:
         print("[reproduce] engine canary (every method's first step vs serial) ...", flush=True)
-        jobs.append(run_benchmark("engine_canary", args.scale, root))
+        jobs.append(counting_reuse(lambda: run_benchmark("engine_canary", args.scale, root), reuse_log))
         print(f"[reproduce]   {'ok' if jobs[-1].ok else 'FAILED'} in {jobs[-1].seconds:.0f}s", flush=True)
     for name in NOTEBOOKS:
         if name in wanted:
             print(f"[reproduce] notebook {name} (scale={args.scale}) ...", flush=True)
-            jobs.append(run_notebook(name, args.scale, root / "notebooks"))
-            print(f"[reproduce]   {'ok' if jobs[-1].ok else 'FAILED'} in {jobs[-1].seconds:.0f}s", flush=True)
+            jobs.append(counting_reuse(lambda: run_notebook(name, args.scale, root / "notebooks"), reuse_log))
+            print(f"[reproduce]   {'ok' if jobs[-1].ok else 'FAILED'} in {jobs[-1].seconds:.0f}s"
+                  f" ({jobs[-1].reused} run(s) reused)", flush=True)
     for name in BENCHMARKS:
         if name in wanted and name != "engine_canary":
             print(f"[reproduce] benchmark {name} ...", flush=True)
-            jobs.append(run_benchmark(name, args.scale, root))
-            print(f"[reproduce]   {'ok' if jobs[-1].ok else 'FAILED'} in {jobs[-1].seconds:.0f}s", flush=True)
+            jobs.append(counting_reuse(lambda: run_benchmark(name, args.scale, root), reuse_log))
+            print(f"[reproduce]   {'ok' if jobs[-1].ok else 'FAILED'} in {jobs[-1].seconds:.0f}s"
+                  f" ({jobs[-1].reused} run(s) reused)", flush=True)
     index = write_index(root, args.scale, jobs)
     print(f"[reproduce] index: {index}")
     for job in jobs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,8 +24,6 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 
 def artifacts_root() -> Path:
     """``$PASO_ARTIFACTS``, else the checkout's ``artifacts/``, else ``./artifacts``."""
-    import os
-
     env = os.environ.get("PASO_ARTIFACTS")
     if env:
         return Path(env)
@@ -56,6 +55,58 @@ def run_dir_for(cfg: RunConfig) -> Path:
         return path
     path = path.resolve()  # a name to extend, even for out_dir="."
     return path.with_name(f"{path.name}.node{cfg.node_rank}")
+
+
+#: Set by the reproduce-all (``python -m paso_core.reproduce`` without ``--force``): a launch
+#: then reuses every finished run whose recorded config equals the requested one.
+REUSE_ENV = "PASO_REUSE_RUNS"
+#: A file each reuse appends the reused run directories to (how the reproduce-all counts them).
+REUSE_LOG_ENV = "PASO_REUSE_LOG"
+#: Options that do not change a run's results (display, bookkeeping, where it is written).
+RESULT_NEUTRAL = ("progress", "out_dir", "run_name", "checkpoint_every", "mirror")
+
+
+CODE_DIGEST_FILE = "code_digest"
+
+
+def code_digest() -> str:
+    """A hash of the ``paso_core`` sources and the torch version: what, beside the config,
+    decides a run's results (a reused run must have been made by the same code)."""
+    import torch
+
+    digest = hashlib.sha1(torch.__version__.encode())
+    for source in sorted(PACKAGE_ROOT.rglob("*.py")):
+        digest.update(source.relative_to(PACKAGE_ROOT).as_posix().encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def reusable_run(cfg: RunConfig) -> Path | None:
+    """The run directory of a finished run with exactly ``cfg``'s options, if reuse is on.
+
+    Why: the reproduce-all reruns notebooks whose cells plan dozens of runs; with runs keyed by
+    their config, a second invocation (or one resumed after an interruption) redoes only what
+    is missing or changed. Runs are deterministic for a config and seed, so a reused run's
+    metrics are those a new one would give (its timings are the original's). The key includes
+    the code: a run made by other ``paso_core`` sources or another torch is never reused."""
+    if os.environ.get(REUSE_ENV) != "1" or cfg.resume or cfg.stop_after is not None:
+        return None
+    path = run_dir_for(cfg).resolve()
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+        recorded = json.loads((path / "config.json").read_text())
+        code = (path / CODE_DIGEST_FILE).read_text().strip()
+    except (OSError, ValueError):
+        return None
+    if code != code_digest():  # made by other code (or another torch): not the same run
+        return None
+    wanted = json.loads(json.dumps(cfg.to_dict(), default=str))  # as config.json spells it
+
+    def same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        keys = (set(a) | set(b)) - set(RESULT_NEUTRAL)
+        return all(a.get(k) == b.get(k) for k in keys)
+
+    finished = summary.get("status") == "completed" and (path / "metrics.csv").exists()
+    return path if finished and same(recorded, wanted) else None
 
 
 def read_metrics(path: Path) -> "pd.DataFrame":

@@ -90,3 +90,24 @@ def test_paso_placement_compares_placements_of_one_trajectory(tmp_path) -> None:
     assert paso.loc[1, "positions_per_rank"] == 4 and paso.loc[1, "MB_sent_max_rank"] == 0
     assert paso.loc[1, "state_MB_per_rank"] > paso.loc[4, "state_MB_per_rank"]
     assert (tmp_path / "figures" / "paso_placement.png").is_file()
+
+
+def test_gpu_check_runs_every_case_against_serial_on_the_same_device(tmp_path) -> None:
+    """The GPU check's own path, on CPU/gloo (``--allow-cpu``): with one device PASO holds its
+    whole window on one worker and still ends on serial's weights bit for bit; a case needing
+    more devices than there are is listed as skipped, not run."""
+    script = SCRIPT.parent / "gpu_check.py"
+    proc = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--allow-cpu", "--workers", "1",
+                           "--methods", "serial", "paso", "ddp", "--task", "synthetic"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "tables" / "gpu_check.csv").set_index("case")
+    assert table.loc["exact-paso", "workers"] == 1 and table.loc["exact-paso", "max_abs_diff"] == 0
+    assert table.loc[["canary-serial", "canary-paso", "exact-paso"], "passed"].all()
+    assert "needs 2 devices, 1 visible" in table.loc["canary-ddp", "note"]
+    import torch
+
+    if not torch.cuda.is_available():  # without --allow-cpu it says why it cannot run here
+        refused = subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], capture_output=True,
+                                 text=True, timeout=120)
+        assert refused.returncode == 2 and "no CUDA device is visible" in refused.stderr

@@ -5,6 +5,10 @@ from __future__ import annotations
 import pytest
 
 from paso_core import reproduce
+from paso_core.config import RunConfig
+from paso_core.launch import launch
+from paso_core.provenance import REPO, repo_relative
+from paso_core.runs import CODE_DIGEST_FILE, REUSE_ENV, REUSE_LOG_ENV
 
 
 def test_index_lists_figures_tables_and_failures(tmp_path) -> None:
@@ -17,7 +21,7 @@ def test_index_lists_figures_tables_and_failures(tmp_path) -> None:
     text = reproduce.write_index(tmp_path, "smoke", jobs).read_text()
     assert "figures/a.png" in text and "tables/b.md" in text
     assert "| cifar_paso | ok | 12 |" in text
-    assert "| paso_scaling | FAILED | 4 | ValueError: boom |" in text
+    assert "| paso_scaling | FAILED | 4 | 0 | ValueError: boom |" in text
 
 
 def test_a_partial_run_keeps_the_other_jobs_rows_of_the_same_scale(tmp_path) -> None:
@@ -44,3 +48,66 @@ def test_failing_benchmark_is_reported_not_raised(tmp_path, monkeypatch: pytest.
     monkeypatch.setitem(reproduce.BENCHMARKS, "paso_scaling", {"smoke": ["--no-such-flag"]})
     job = reproduce.run_benchmark("paso_scaling", "smoke", tmp_path)
     assert not job.ok and "no-such-flag" in job.detail
+
+
+# ------------------------------------------------------------------ reuse, HTML, relative paths
+def test_reused_runs_are_counted_per_job_and_kept_in_the_index(tmp_path) -> None:
+    def job() -> reproduce.JobResult:
+        import os
+
+        with open(os.environ[REUSE_LOG_ENV], "a") as log:
+            log.write("/runs/a\n/runs/b\n")
+        return reproduce.JobResult("cifar_paso", True, 3, "notebooks/cifar_paso.ipynb")
+
+    result = reproduce.counting_reuse(job, tmp_path / "reused")
+    assert result.reused == 2 and not (tmp_path / "reused").exists()
+    reproduce.write_index(tmp_path, "default", [result])
+    assert [(j.name, j.reused) for j in reproduce.previous_jobs(tmp_path, "default")] == [("cifar_paso", 2)]
+
+
+def test_a_finished_run_of_the_same_config_and_code_is_reused(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keyed by config and code: the second launch returns the first run untouched; another
+    option value, other code, or reuse off (``--force``) runs again."""
+    options = dict(method="serial", task="synthetic", function="sphere", dim=16, steps=4, progress=False,
+                   threads_per_worker=1, out_dir=str(tmp_path / "run"))
+    monkeypatch.setenv(REUSE_ENV, "1")
+    monkeypatch.setenv(REUSE_LOG_ENV, str(tmp_path / "reused.log"))
+    first = launch(RunConfig.from_dict(options))
+    stamp = (first.path / "metrics.csv").stat().st_mtime_ns
+    again = launch(RunConfig.from_dict(dict(options, progress=True)))  # display options do not matter
+    assert again.path == first.path and (first.path / "metrics.csv").stat().st_mtime_ns == stamp
+    assert (tmp_path / "reused.log").read_text().split() == [str(first.path)]
+    assert again.metrics.equals(first.metrics)
+
+    launch(RunConfig.from_dict(dict(options, lr=0.05)))  # another config: a new run in the same directory
+    assert (first.path / "metrics.csv").stat().st_mtime_ns != stamp
+    stamp = (first.path / "metrics.csv").stat().st_mtime_ns
+    (first.path / CODE_DIGEST_FILE).write_text("made-by-other-code\n")
+    launch(RunConfig.from_dict(dict(options, lr=0.05)))
+    assert (first.path / "metrics.csv").stat().st_mtime_ns != stamp
+    stamp = (first.path / "metrics.csv").stat().st_mtime_ns
+    monkeypatch.delenv(REUSE_ENV)
+    launch(RunConfig.from_dict(dict(options, lr=0.05)))
+    assert (first.path / "metrics.csv").stat().st_mtime_ns != stamp
+    assert len((tmp_path / "reused.log").read_text().split()) == 1
+
+
+def test_executed_notebooks_are_rendered_without_input_and_with_relative_paths(tmp_path) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("nbconvert")
+    cell = nbformat.v4.new_code_cell("secret_source_line = 1\nprint(path)")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"wrote {REPO}/artifacts/tables/x.md\n")]
+    notebooks = tmp_path / "artifacts" / "notebooks"
+    notebooks.mkdir(parents=True)
+    path = notebooks / "demo.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), path)
+    reproduce.relative_notebook(path, tmp_path / "artifacts")
+    assert str(REPO) not in path.read_text() and "wrote artifacts/tables/x.md" in path.read_text()
+    html = reproduce.render_html(path, tmp_path / "artifacts" / "html").read_text()
+    assert "wrote artifacts/tables/x.md" in html and "secret_source_line" not in html
+
+
+def test_paths_under_another_artifacts_root_become_repository_relative(tmp_path) -> None:
+    root = tmp_path / "elsewhere" / "artifacts"
+    text = f"{root}/runs/r1 and {REPO}/notebooks/x.ipynb and {REPO}"
+    assert repo_relative(text, root) == "artifacts/runs/r1 and notebooks/x.ipynb and ."
