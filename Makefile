@@ -41,3 +41,16 @@ benchmarks: setup
 
 clean-runs:
 	rm -rf artifacts/runs
+
+# The explorer notebook (notebooks/explore.ipynb) in a real browser: Voilà on a free localhost port,
+# driven by headless Chromium (Debian's /usr/bin/chromium: `apt-get install chromium`; PASO_CHROMIUM=
+# another binary) through playwright, no browser download. ~30 s on 2 cores; not part of `make test`.
+# Screenshots: under the pytest tmp dir and artifacts/tmp/browser/ (git-ignored).
+.PHONY: test-browser
+test-browser: setup $(VENV)/.browser
+	T=$$(mktemp -d) && PASO_BROWSER_REQUIRED=1 PASO_SCALE=smoke PASO_ARTIFACTS=$$T/artifacts $(PY) -m pytest -q -s \
+	  -m browser tests/test_browser.py --basetemp=$$T/pytest --durations=5
+
+$(VENV)/.browser: pyproject.toml
+	$(PY) -m pip install -q -e ".[browser]"
+	touch $@

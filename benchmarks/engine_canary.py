@@ -37,6 +37,12 @@ INTRA_STEP_OPTIONS = {"fsdp": {"nproc": 2}, "fsdp2": {"nproc": 2}, "tp": {"nproc
 ASYNC_OPTIONS = {"pipeoptim": {}, "pipedream": {}, "async_nostash": {}, "spectrain": {"optimizer": "momentum"}}
 
 
+#: What the Markdown table shows (the CSV has every column): the case and its ranks, the
+#: errors with their tolerance, the verdict and the engine it ran on.
+MD_COLUMNS = ["case", "world_size", "iterations", "max_abs_diff", "rel_displacement_err", "rel_weight_err", "rtol",
+              "loss_rel_err", "passed", "engine"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="artifacts directory (default: the checkout's)")
@@ -62,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
              f"<= rtol ({args.rtol:g}); PASO with threshold 0 must match bit for bit. "
              f"{int(table['launch'].nunique())} launches for {len(table)} cases.")
     report.save_table(table.drop(columns=["note", "path"]), "engine_canary", {"cases": [vars(c) for c in cases], **vars(args)},
-                      root=root, title="Engine canary: first step of every method vs serial", notes=notes)
+                      root=root, title="Engine canary: first step of every method vs serial", notes=notes,
+                      md_columns=MD_COLUMNS)
     print(table.drop(columns=["note", "path"]).to_string(index=False))
     failed = table[~table["passed"]]
     if not failed.empty:

@@ -122,38 +122,55 @@ def rows_for(planned, results) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-MD_COLUMNS = ["task", "P", "workers", "gradients", "K", "G", "same_trajectory", "s_per_iteration",
+#: What the Markdown table shows (the CSV has every column): G stays there, since a placement
+#: cannot change it without changing K, and ``same_trajectory`` checks both.
+MD_COLUMNS = ["task", "P", "workers", "gradients", "K", "same_trajectory", "s_per_iteration",
               "quality_matched_speedup", "state_MB_per_rank", "MB_sent_max_rank"]
+#: One marker and line style per P, so placements whose points coincide (every P holds one
+#: position per worker on P workers) stay visible on top of each other.
+P_STYLES = (("o", "-", 9), ("s", "--", 7), ("^", ":", 5), ("D", "-.", 4))
 
 
-def plot(table: pd.DataFrame) -> plt.Figure:
+def args_setting(args: argparse.Namespace) -> str:
+    """The setting every figure title names."""
+    tasks = {"synthetic": f"ackley d={args.dim}, {args.steps} steps", "digits-cnn": f"digits CNN, {args.vision_steps} steps"}
+    return (", ".join(tasks[t] for t in args.tasks) + f"; adam lr 1e-3, threshold {args.threshold:g}, "
+            f"ema {args.ema_decay:g}")
+
+
+def plot(table: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Per task: time per iteration, state per worker and traffic against the placement, one
+    line per P (its own marker and dashes); the legend names the lines that coincide."""
     paso = table[table["method"] == "paso"]
     tasks = list(dict.fromkeys(paso["task"]))
-    fig, axes = plt.subplots(len(tasks), 3, figsize=(14, 3.6 * len(tasks)), squeeze=False)
+    fig, axes = plt.subplots(len(tasks), 3, figsize=(15, 3.9 * len(tasks)), squeeze=False, layout="constrained")
     for row, task in zip(axes, tasks):
         mine = paso[paso["task"] == task]
-        color = {P: f"C{i}" for i, P in enumerate(sorted(set(mine["P"])))}
+        style = {P: dict(color=f"C{i}", marker=P_STYLES[i % len(P_STYLES)][0], ls=P_STYLES[i % len(P_STYLES)][1],
+                         ms=P_STYLES[i % len(P_STYLES)][2], mfc="none")
+                 for i, P in enumerate(sorted(set(mine["P"])))}
         for P, part in mine[mine["gradients"] == "loop"].groupby("P"):
             part = part.sort_values("workers")
-            row[0].plot(part["workers"], part["s_per_iteration"], "o-", color=color[P], label=f"P={P}")
-            row[1].plot(part["positions_per_rank"], part["state_MB_per_rank"], "s-", color=color[P], label=f"P={P}")
-            row[2].plot(part["workers"], part["MB_sent_max_rank"], "^-", color=color[P], label=f"P={P}")
+            row[0].plot(part["workers"], part["s_per_iteration"], label=f"P={P}", **style[P])
+            row[1].plot(part["positions_per_rank"], part["state_MB_per_rank"], label=f"P={P}", **style[P])
+            row[2].plot(part["workers"], part["MB_sent_max_rank"], label=f"P={P}", **style[P])
         for P, part in mine[mine["gradients"] == "vmap"].groupby("P"):
-            row[0].plot(part["workers"], part["s_per_iteration"], "*", ms=12, mfc="none", color=color[P],
+            row[0].plot(part["workers"], part["s_per_iteration"], "*", ms=12, mfc="none", color=style[P]["color"],
                         label=f"P={P}, vmap")
         serial = table[(table["task"] == task) & (table["method"] == "serial")]
         row[0].axhline(float(serial["s_per_iteration"].iloc[0]), color="k", lw=0.8, ls=":", label="serial")
-        for ax, (x, y) in zip(row, [("workers", "seconds per sequential iteration"),
-                                    ("window positions per worker", "training state per worker [MB]"),
-                                    ("workers", "MB sent by the busiest worker")]):
-            ax.set(xlabel=x, ylabel=y)
+        for ax, x, (panel, y) in zip(row, ("workers", "positions_per_rank", "workers"),
+                                     [("time per iteration (2 shared CPU cores)", "seconds per sequential iteration [s]"),
+                                      ("state per worker grows with its positions", "training state per worker [MB]"),
+                                      ("traffic (0 on one worker)", "sent by the busiest worker [MB]")]):
             ax.set_xscale("log", base=2)
-            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.legend(fontsize=8)
-        row[0].set_title(f"{task}: time per iteration (2 shared CPU cores)", fontsize=9)
-        row[1].set_title(f"{task}: state per worker grows with its positions", fontsize=9)
-        row[2].set_title(f"{task}: traffic (0 on one worker)", fontsize=9)
-    fig.tight_layout()
+            ticks = sorted({int(v) for v in mine[x]})
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            xlabel = "workers [count]" if x == "workers" else "window positions per worker [count]"
+            report.finish_axes(ax, title=f"{task}: {panel}", xlabel=xlabel, ylabel=y)
+            ax.title.set_fontsize(9)
+    fig.suptitle(title or "PASO placements: one run per point")
     return fig
 
 
@@ -168,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     config = {"script": "benchmarks/paso_placement.py", **vars(args)}
     report.save_table(table, "paso_placement", config, md_columns=MD_COLUMNS,
                       title="PASO placed on P, 2 and 1 workers (loop and vmap gradients) vs serial (one invocation)",
-                      notes="Every PASO row of one P must show the same K, G and final parameters "
+                      notes="Every PASO row of one P must show the same K, G (CSV) and final parameters "
                             "(`same_trajectory`: bitwise equal to the P-worker run). `state_MB_per_rank` counts the "
                             "tensors a worker holds (model + per position: guess, gradient, optimizer state, scan "
                             "and receive buffers); `MB_sent_max_rank` the busiest worker's traffic. On 2 shared CPU "
@@ -179,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                             "`torch.func.vmap` call (the window start's alone, exact); batched kernels round "
                             "differently, so its `same_trajectory` may be False with `final_max_abs_diff` (CSV) "
                             "at rounding level.")
-    report.save_figure(plot(table), "paso_placement", config)
+    report.save_figure(plot(table, f"PASO placed on P, 2 and 1 workers: {args_setting(args)}; one run per point"),
+                       "paso_placement", config)
     print(table[MD_COLUMNS].to_string(index=False), file=sys.stderr)
     looped = table[(table["method"] == "paso") & (table["gradients"] == "loop")]  # vmap: rounding of batched kernels
     return 0 if bool(looped["same_trajectory"].all()) else 1

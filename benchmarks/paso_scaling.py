@@ -72,9 +72,40 @@ def row_for(label: str, result: paso_core.RunResult, P: int, rollout: str, n_sta
     }
 
 
-#: What the Markdown table shows (the CSV has every column).
+#: What the Markdown table shows (the CSV has every column, wall_s among them: the whole
+#: worker, start-up included, while train_s is the training the study compares).
 MD_COLUMNS = ["method", "P", "rollout", "K", "G", "final_gap", "iter_bytes_max_x_params",
-              "iter_bytes_bound_x_params", "train_mem_x_params", "train_s", "wall_s"]
+              "iter_bytes_bound_x_params", "train_mem_x_params", "train_s"]
+
+
+def plot(table: pd.DataFrame, args: argparse.Namespace) -> plt.Figure:
+    """K and G, the busiest rank's bytes per iteration and training memory per rank against P,
+    with serial as reference lines; the setting in the title."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
+    paso = table[(table.method == "paso") & (table.rollout == "scan")]
+    axes[0].plot(paso.P, paso.K, "o-", label="PASO K (sequential iterations)")
+    axes[0].plot(paso.P, paso.G, "s--", label="PASO G (gradient evaluations)")
+    axes[0].axhline(args.steps, color="k", lw=0.8, label="serial T = G")
+    axes[1].plot(paso.P, paso.iter_bytes_max_x_params, "o-", label="scan rollout, measured")
+    axes[1].plot(paso.P, paso.iter_bytes_bound_x_params, "k:", marker="x", label="bound (n_state+2)·⌈log2 P⌉+1")
+    relay = table[table.rollout == "relay"]
+    if not relay.empty:
+        axes[1].plot(relay.P, relay.iter_bytes_max_x_params, "r^", label="relay rollout, measured")
+        axes[2].plot(relay.P, relay.train_mem_MB_max_rank / relay.param_MB, "r^", label="PASO (relay)")
+    axes[2].plot(paso.P, paso.train_mem_MB_max_rank / paso.param_MB, "o-", label="PASO (scan)")
+    serial_mem = table[table.method == "serial"].train_mem_MB_max_rank.iloc[0] / paso.param_MB.iloc[0]
+    axes[2].axhline(serial_mem, color="k", lw=0.8, label="serial")
+    xlabel = "P (window positions, one worker each) [count]"
+    for ax, title, ylabel in zip(axes, ("sequential iterations and gradient evaluations",
+                                        "busiest rank, worst iteration: bytes sent",
+                                        "training memory per rank (max over ranks)"),
+                                 ("iterations / evaluations [count]", "bytes sent [x parameter size]",
+                                  "peak RSS growth [x parameter size]")):
+        ax.set_xticks(list(paso.P))
+        report.finish_axes(ax, title=title, xlabel=xlabel, ylabel=ylabel, integer_y=ax is axes[0])
+    fig.suptitle(f"PASO vs serial: {args.function}, d={args.dim}, T={args.steps}, {args.optimizer} lr={args.lr:g}, "
+                 f"threshold {args.threshold:g}, ema {args.ema_decay:g}; one run per point, CPU/gloo")
+    return fig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,27 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                                "tensors (wall times then include page faults)." if args.mmap_threshold
                                else "glibc's default allocator (RSS includes blocks it retains)."),
                       md_columns=MD_COLUMNS)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    paso = table[(table.method == "paso") & (table.rollout == "scan")]
-    axes[0].plot(paso.P, paso.K, "o-", label="PASO K")
-    axes[0].plot(paso.P, paso.G, "s--", label="PASO G")
-    axes[0].axhline(args.steps, color="k", lw=0.8, label="serial T")
-    axes[0].set(xlabel="P (workers)", ylabel="count", title="sequential iterations / grad evals")
-    axes[1].plot(paso.P, paso.iter_bytes_max_x_params, "o-", label="scan rollout, measured")
-    axes[1].plot(paso.P, paso.iter_bytes_bound_x_params, "k:", marker="x", label="bound (n_state+2)·⌈log2 P⌉+1")
-    relay = table[table.rollout == "relay"]
-    if not relay.empty:
-        axes[1].plot(relay.P, relay.iter_bytes_max_x_params, "r^", label="relay rollout, measured")
-        axes[2].plot(relay.P, relay.train_mem_MB_max_rank / relay.param_MB, "r^", label="PASO (relay)")
-    axes[1].set(xlabel="P", ylabel="× parameter size", title="busiest rank, worst iteration: bytes sent")
-    axes[2].plot(paso.P, paso.train_mem_MB_max_rank / paso.param_MB, "o-", label="PASO")
-    serial_mem = table[table.method == "serial"].train_mem_MB_max_rank.iloc[0] / paso.param_MB.iloc[0]
-    axes[2].axhline(serial_mem, color="k", lw=0.8, label="serial")
-    axes[2].set(xlabel="P", ylabel="× parameter size", title="training memory per rank (max)")
-    for ax in axes:
-        ax.legend() if ax.get_legend_handles_labels()[0] else None
-        ax.set_xticks(list(paso.P))
-    fig.tight_layout()
+    fig = plot(table, args)
     report.save_figure(fig, "paso_scaling", config)
     print(report.to_markdown(table))
     return 0

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.out) / "tables" if args.out else None
     methods = st.with_ratios(st.study(table, "methods"))
     discussion = st.discussion(table)
-    shown = [c for c in (*st.SUMMARY_COLUMNS, "speedup_vs_serial", "state_vs_serial") if c in methods]
+    shown = st.md_columns(methods, "methods")  # the Markdown's columns; the CSV keeps every one
     report.save_table(methods, "strategies", config, root=root, md_columns=shown,
                       title=f"Intra-step strategies side by side: {plan.params['model']}, "
                             f"block {plan.params['block_size']}, batch {plan.params['batch_size']}",

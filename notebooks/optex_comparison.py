@@ -144,7 +144,7 @@ print(figure_path)
 # %%
 table = optex.results_table(results, settings)
 csv_path, md_path = report.save_table(table, optex.TABLE_NAME, settings, title=optex.table_title(settings),
-                                      notes=optex.table_notes(settings))
+                                      notes=optex.table_notes(settings), md_columns=optex.MD_COLUMNS)
 print(csv_path, md_path, sep="\n")
 table
 

@@ -165,7 +165,7 @@ display(Markdown(st.cpu_caveat(table)))
 
 # %%
 methods_table = st.with_ratios(st.study(table, "methods"))
-shown = [c for c in (*st.SUMMARY_COLUMNS, "speedup_vs_serial", "state_vs_serial") if c in methods_table]
+shown = st.md_columns(methods_table, "methods")  # the Markdown's columns; the CSV keeps every one
 display(methods_table[shown])
 report.save_table(methods_table, st.artifact_name(params, "methods"), config, md_columns=shown,
                   title=f"Intra-step strategies: {st.setting(table)}", notes=st.discussion(table))
@@ -214,9 +214,8 @@ plt.show()
 for name in ("world", "context", "microbatches", "split"):
     part = st.study(table, name)
     if not part.empty:
-        report.save_table(part, st.artifact_name(params, name), config, title=f"{name} study",
-                          md_columns=[c for c in ("method", "x", "world", "block_size", "microbatches", "split_points",
-                                                  *st.SUMMARY_COLUMNS[2:]) if c in part])
+        report.save_table(part, st.artifact_name(params, name), config, title=f"{name} study: {st.setting(table)}",
+                          md_columns=st.md_columns(part, name))
 scaling = st.memory_scaling(table)
 if not scaling.empty:
     display(scaling)
@@ -238,8 +237,8 @@ if not scaling.empty:
 # %%
 comparison = st.compare_reported(table)
 display(comparison)
-report.save_table(comparison, st.artifact_name(params, "vs_seeds"), config,
-                  title="Ours (this run) beside seeds 002 and 003 (their GPUs, numbers as stated there)")
+report.save_table(comparison, st.artifact_name(params, "vs_seeds"), config, md_columns=st.COMPARISON_MD_COLUMNS,
+                  title=f"Ours ({st.setting(table)}) beside seeds 002 and 003 (their GPUs, numbers as stated there)")
 
 
 # %% [markdown]

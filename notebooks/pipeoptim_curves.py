@@ -146,8 +146,8 @@ print(f"{len(results)} runs in {time.perf_counter() - started:.0f} s")
 #
 # Mean over seeds, the band ± one standard deviation (`n` in the legend). The evaluation split is the
 # dataset's held-out split (digits: a fixed 20 %; Tiny-ImageNet: its labelled `val`). GPipe and 1F1B make
-# the same synchronous update per mini-batch, so their curves coincide up to float rounding (the panel
-# title says so when they are identical).
+# the same synchronous update per mini-batch, so their curves coincide up to float rounding (the legend's
+# title says so when the data show it).
 #
 
 # %%

@@ -162,7 +162,7 @@ table = wt.table2(results)
 display(wt.format_table2(table))
 config = wt.artifact_config(plan, results)
 csv_path, md_path = report.save_table(
-    table, wt.artifact_name(params, "table2"), config,
+    table, wt.artifact_name(params, "table2"), config, md_columns=wt.TABLE2_MD_COLUMNS,
     title="PASO Table 2 layout: measured (this artifact) vs reported (PASO paper)",
     notes=("Measured rows: PPL = exp(total NLL / total predicted tokens) on the test split, on "
            f"{task_info.get('dataset')} with model {task_info.get('model')}; wall time = training time inside "

@@ -23,6 +23,7 @@ from torch import nn
 from paso_core.config import RunConfig, validate
 from paso_core.context import WorkerContext
 from paso_core.distributed import Comm
+from paso_core.methods import get_method
 from paso_core.methods.paso import PasoWorker
 from paso_core.parallel import ParallelDims
 from paso_core.tasks.synthetic import Point
@@ -95,7 +96,7 @@ def run_case(ctx_base: dict[str, Any], case: Case) -> list[dict[str, Any]]:
     inputs = case_inputs(case, P)
     ctx = WorkerContext(cfg=cfg, rank=rank, world=world, local_rank=rank, device=torch.device("cpu"),
                         comm=Comm(rank, world, torch.device("cpu")), run_dir=ctx_base["run_dir"],
-                        log=ctx_base["log"])
+                        log=ctx_base["log"], dims=get_method("paso").dims(cfg))
     worker = PasoWorker(ctx, LinearTask(inputs["grads"], inputs["guesses"][0]))
     worker.win.start, worker.win.start_slot = case.start, case.start_slot
     for position in worker.positions:

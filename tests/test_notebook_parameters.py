@@ -17,7 +17,7 @@ nbformat = pytest.importorskip("nbformat")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["cifar_paso", "wikitext_paso", "optex_comparison", "parallel_strategies", "pipeoptim_curves",
-             "qsr_local_sgd"]
+             "qsr_local_sgd", "explore"]
 
 
 def _after_parameters_cell(namespace: dict) -> dict:

@@ -31,11 +31,12 @@ def test_a_partial_run_keeps_the_other_jobs_rows_of_the_same_scale(tmp_path) -> 
     rerun = [reproduce.JobResult("qsr_local_sgd", True, 400, "notebooks/qsr_local_sgd.ipynb"),
              reproduce.JobResult("cifar_paso", True, 210, "notebooks/cifar_paso.ipynb")]
     text = reproduce.write_index(tmp_path, "default", rerun).read_text()
-    rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "seconds" not in line]
+    jobs = text.split("## Figures")[0]
+    rows = [line.split("|")[1].strip() for line in jobs.splitlines() if line.startswith("| ") and "seconds" not in line]
     assert rows == ["engine_canary", "cifar_paso", "qsr_local_sgd"]  # the main job's order
     assert "| cifar_paso | ok | 210 |" in text
     other_scale = reproduce.write_index(tmp_path, "smoke", rerun[:1]).read_text()
-    assert "engine_canary" not in other_scale
+    assert "| engine_canary |" not in other_scale
 
 
 def test_unknown_job_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
@@ -111,3 +112,19 @@ def test_paths_under_another_artifacts_root_become_repository_relative(tmp_path)
     root = tmp_path / "elsewhere" / "artifacts"
     text = f"{root}/runs/r1 and {REPO}/notebooks/x.ipynb and {REPO}"
     assert repo_relative(text, root) == "artifacts/runs/r1 and notebooks/x.ipynb and ."
+
+
+def test_the_readme_claims_map_is_the_one_computed_from_the_artifacts(tmp_path) -> None:
+    """The committed README shows what ``paso_core.claims`` computes from the committed
+    artifacts (``make artifacts`` rewrites it); the block is replaced, the rest kept."""
+    from paso_core.claims import claims_markdown
+
+    artifacts = REPO / "artifacts"
+    readme = (REPO / "README.md").read_text()
+    block = readme.split(reproduce.CLAIMS_START, 1)[1].split(reproduce.CLAIMS_END, 1)[0]
+    assert block.strip() == claims_markdown(artifacts).strip(), "run make artifacts (or reproduce.update_readme_claims)"
+    copy = tmp_path / "README.md"
+    copy.write_text(f"intro\n{reproduce.CLAIMS_START}\nstale\n{reproduce.CLAIMS_END}\nrest\n")
+    assert reproduce.update_readme_claims(copy, artifacts)
+    text = copy.read_text()
+    assert "stale" not in text and text.startswith("intro\n") and text.endswith("rest\n") and "| seed |" in text

@@ -102,20 +102,6 @@ def test_benchmark_runs_methods_side_by_side_and_fsdp2_memory_falls(tmp_path: Pa
     assert (tmp_path / "tables" / "strategies.json").exists()
 
 
-def test_committed_notebook_is_what_the_builder_generates() -> None:
-    import importlib.util
-
-    import nbformat
-
-    path = REPO / "notebooks" / "build_parallel_strategies.py"
-    spec = importlib.util.spec_from_file_location("build_parallel_strategies", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    on_disk = nbformat.read(REPO / "notebooks" / "parallel_strategies.ipynb", as_version=4)
-    assert [c.source for c in on_disk.cells] == [c.source for c in module.build().cells], \
-        "run python notebooks/build_parallel_strategies.py"
-
-
 # ------------------------------------------------------------ discussion, joined table, figures (no launches)
 def _row(study: str, method: str, world: int, **values: object) -> dict:
     """One row of a results table as :func:`st.run_row` writes it, with harmless defaults."""

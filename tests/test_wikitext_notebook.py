@@ -335,19 +335,11 @@ def test_describe_data_flags_the_stand_in_and_mixed_runs(fake_results: dict[str,
 
 
 # =========================================================================== the notebook
-def test_notebook_is_built_from_its_generator() -> None:
-    """The committed notebook must be what ``build_wikitext_paso.py`` generates."""
-    import importlib.util
-
+def test_notebook_has_one_parameters_cell() -> None:
+    """The parameters cell papermill anchors on (the pair's sync: test_notebook_parameters)."""
     import nbformat
 
-    spec = importlib.util.spec_from_file_location("build_wikitext_paso", REPO / "notebooks" / "build_wikitext_paso.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    built = module.build()
     on_disk = nbformat.read(NOTEBOOK, as_version=4)
-    assert [c.source for c in on_disk.cells] == [c.source for c in built.cells]
     tagged = [c for c in on_disk.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1 and "scale = None" in tagged[0].source
 

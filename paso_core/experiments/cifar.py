@@ -54,6 +54,12 @@ SWEEP_OPTIONS = ("threshold", "ema_decay")
 LABEL_KEYS = ("P", "threshold", "ema_decay")
 METHOD_LABELS = {"serial": "serial", "paso": "PASO", "naive_dp": "naive DP", "ddp": "DDP"}
 METHOD_COLORS = {"serial": "black", "paso": "tab:red", "naive_dp": "tab:blue", "ddp": "tab:green"}
+#: Serial and both data-parallel methods make the same updates, so their curves against
+#: iterations coincide: widths, dashes and markers keep each one visible on the others.
+METHOD_STYLES = {"serial": {"linestyle": "-", "linewidth": 3.0, "marker": "o"},
+                 "paso": {"linestyle": "-", "linewidth": 1.2, "marker": "s"},
+                 "naive_dp": {"linestyle": "--", "linewidth": 1.4, "marker": "^"},
+                 "ddp": {"linestyle": ":", "linewidth": 1.8, "marker": "x"}}
 
 #: Every notebook parameter; ``None`` in the notebook means "take it from the scale preset".
 #: ``nproc`` is the devices (workers) a study may use: the data-parallel methods run on all of
@@ -259,7 +265,7 @@ def run_options(params: Mapping[str, Any], method: str, seed: int, **overrides: 
     """The flat options of one run: the shared ones, the worker count, and only this
     method's own options (:data:`METHOD_OPTIONS`; ``overrides`` replace those, e.g. a sweep's
     threshold). Workers: serial 1, PASO :func:`common.paso_workers`, DP ``nproc``."""
-    nproc = 1 if method == "serial" else common.paso_workers(params) if method == "paso" else params["nproc"]
+    nproc = {"serial": 1, "paso": common.paso_workers(params)}.get(method, params["nproc"])
     own = {k: params[k] for k in METHOD_OPTIONS.get(method, ())}
     unknown = sorted(set(overrides) - set(own))
     if unknown:
@@ -401,6 +407,15 @@ RESULTS_COLUMNS = (
 )
 
 
+#: What the results table's Markdown shows (the CSV has every column): who ran, how many
+#: seeds, accuracy with its spread (the ``mean ± std`` string, not its parts), iterations and
+#: gradient evaluations, training time, both speed-ups, and the bytes a worker sent.
+RESULTS_MD_COLUMNS = (
+    "method", "workers", "seeds", "test_accuracy", "sequential_iterations", "grad_evals", "train_time_s_mean",
+    "speedup_iterations", "speedup_wall", "sent_mb_per_worker_max",
+)
+
+
 def results_table(results: Sequence[RunResult] | Mapping[str, Sequence[RunResult]]) -> pd.DataFrame:
     """The head-to-head table: one row per method, statistics over seeds (:data:`common.STD_NOTE`).
 
@@ -443,6 +458,14 @@ def results_table(results: Sequence[RunResult] | Mapping[str, Sequence[RunResult
         "peak_rss_mb_per_worker": agg["peak_rss_mb_max_mean"], "sent_mb_per_worker_max": agg["sent_mb_max_mean"],
     })
     return out[list(RESULTS_COLUMNS)]
+
+
+#: What the trade-off table's Markdown shows: the setting, seeds (and failures), the
+#: speed-up and the accuracy with their spread, the extra work and what the accuracy cost.
+TRADEOFF_MD_COLUMNS = (
+    "threshold", "ema_decay", "seeds", "failed", "speedup_T_over_K_mean", "speedup_T_over_K_std",
+    "overhead_G_over_T", "test_accuracy_mean", "test_accuracy_std", "accuracy_change_vs_serial",
+)
 
 
 def tradeoff_table(sweep: Sequence[RunResult], serial: Sequence[RunResult] = ()) -> pd.DataFrame:
@@ -526,32 +549,46 @@ def _label(method: str) -> str:
     return METHOD_LABELS.get(method, method)
 
 
+def _curve_styles(markers: bool) -> dict[str, dict[str, Any]]:
+    """:data:`METHOD_STYLES`, with markers only where the points are sparse (evaluations)."""
+    return {m: {k: v for k, v in style.items() if markers or k != "marker"} | ({"markersize": 3} if markers else {})
+            for m, style in METHOD_STYLES.items()}
+
+
+#: The y-axis of each kind of curve, with its unit.
+CURVE_LABELS = {"train_loss": "training loss, mini-batch cross-entropy [nats]",
+                "eval_test_accuracy": "test accuracy [fraction, 0-1]"}
+
+
 def plot_curves(curve_data: Mapping[str, pd.DataFrame], title: str) -> Any:
-    """2x2 figure: loss and accuracy against sequential iterations and against training time."""
+    """2x2 figure: loss and accuracy against sequential iterations and against training time.
+
+    Every panel has its legend; curves that coincide (serial and data parallelism against
+    iterations) are named in it, and the seeds behind each point are in the title, or in
+    the legend where their number varies (runs that end at different times)."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    spec = [("loss_vs_iteration", axes[0, 0], "training loss (mini-batch)"),
-            ("loss_vs_wall", axes[0, 1], "training loss (mini-batch)"),
-            ("accuracy_vs_iteration", axes[1, 0], "test accuracy"),
-            ("accuracy_vs_wall", axes[1, 1], "test accuracy")]
-    for key, ax, ylabel in spec:
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), layout="constrained")
+    panels = {"loss_vs_iteration": axes[0, 0], "loss_vs_wall": axes[0, 1],
+              "accuracy_vs_iteration": axes[1, 0], "accuracy_vs_wall": axes[1, 1]}
+    notes = []
+    for key, ax in panels.items():
         frame = curve_data.get(key, pd.DataFrame())
-        x = CURVES[key][1]
+        y, x = CURVES[key]
+        what = "training loss" if y == "train_loss" else "test accuracy"
         if frame.empty:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
         else:
             report.plot_curves(ax, frame, x, labels=METHOD_LABELS, colors=METHOD_COLORS, alpha=0.15,
-                               style="-o" if key.startswith("accuracy") else "-", drawstyle="default",
-                               ms=3, lw=1.2)
-        if key.startswith("loss"):
+                               styles=_curve_styles(markers=key.startswith("accuracy")), drawstyle="default")
+            notes.append(report.seed_note(frame))
+        if y == "train_loss":
             ax.set_yscale("log")
-        ax.set_xlabel(common.X_AXES[x])
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-    axes[0, 0].legend()
-    fig.suptitle(title)
-    fig.tight_layout()
+        report.finish_axes(ax, title=f"{what} vs {common.X_AXES[x].split(' [')[0]}", xlabel=common.X_AXES[x],
+                           ylabel=CURVE_LABELS[y], integer_x=x == "iteration",
+                           series=report.curve_series(frame, x, METHOD_LABELS) if not frame.empty else {})
+    seeds = "; ".join(dict.fromkeys(notes))
+    fig.suptitle(f"{title}\n{seeds}" if seeds else title)
     return fig
 
 
@@ -560,26 +597,23 @@ def plot_paso_dynamics(dynamics: pd.DataFrame, title: str) -> Any:
     error: why PASO advanced fast or slowly at each point of training."""
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
     for seed, part in dynamics.groupby("seed"):
         ax1.plot(part["iteration"], part["accepted"], lw=1, alpha=0.8, label=f"seed {seed}")
         line, = ax2.plot(part["iteration"], part["threshold"], lw=1.5, label=f"threshold, seed {seed}")
         if "err_mean" in part:
             ax2.plot(part["iteration"], part["err_mean"], lw=0.8, ls=":", color=line.get_color(),
                      label=f"mean window error, seed {seed}")
-    ax1.set_xlabel("PASO iteration K")
-    ax1.set_ylabel("steps accepted in the iteration")
-    ax1.grid(alpha=0.3)
-    ax1.legend(fontsize=8)
     positive = dynamics[["threshold", "err_mean"]].to_numpy(dtype=float) if not dynamics.empty else np.array([])
     if positive.size and np.nanmax(positive) > 0:
         ax2.set_yscale("symlog", linthresh=max(1e-12, np.nanmin(positive[positive > 0])))
-    ax2.set_xlabel("PASO iteration K")
-    ax2.set_ylabel("threshold / error (x1e6 MSE)")
-    ax2.grid(alpha=0.3)
-    ax2.legend(fontsize=7)
+    empty = None if not dynamics.empty else "no PASO run logged its iterations"
+    report.finish_axes(ax1, title="steps accepted per iteration", xlabel="PASO iteration K [count]",
+                       ylabel="steps accepted in the iteration [count]", integer_x=True, integer_y=True,
+                       note=empty)
+    report.finish_axes(ax2, title="threshold and the window's mean error", xlabel="PASO iteration K [count]",
+                       ylabel="threshold, error [1e6 x parameter MSE]", integer_x=True, note=empty)
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -587,10 +621,14 @@ def plot_tradeoff(tradeoff: pd.DataFrame, params: Mapping[str, Any], serial_accu
                   title: str) -> Any:
     """Speed-up T/K and final accuracy against threshold (at the main ema_decay) and
     against ema_decay (at the main threshold), plus accuracy against speed-up for every
-    point, with serial's accuracy (mean ± std over seeds) as the reference band."""
+    point, with serial's accuracy (mean ± std over seeds) as the reference band.
+
+    The third panel names each point in its legend (its own marker), not beside it: the
+    points of a sweep crowd together and their labels would overlap. The seeds behind a
+    point are in its label where their number differs between points, else in the title."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), layout="constrained")
     acc_m, acc_s = common.mean_std(serial_accuracy)
     if tradeoff.empty:
         for ax in axes:
@@ -598,6 +636,10 @@ def plot_tradeoff(tradeoff: pd.DataFrame, params: Mapping[str, Any], serial_accu
         fig.suptitle(title)
         return fig
     ok = tradeoff[tradeoff["failed"] < tradeoff["seeds"]]
+    done = ok["seeds"] - ok["failed"]
+    varies = done.nunique() > 1
+    n_serial = int(np.isfinite(np.asarray(serial_accuracy, dtype=float)).sum())
+    serial_label = f"serial accuracy ({report.seed_counts([n_serial])}; band: ± std)"
     axes_spec = [
         (axes[0], ok[ok["ema_decay"] == float(params["ema_decay"])], "threshold",
          f"threshold (ema_decay={params['ema_decay']:g})"),
@@ -607,40 +649,35 @@ def plot_tradeoff(tradeoff: pd.DataFrame, params: Mapping[str, Any], serial_accu
     for ax, part, col, xlabel in axes_spec:
         part = part.sort_values(col)
         pos = np.arange(len(part))  # categorical axis: thresholds span decades and include 0
-        ax.plot(pos, part["speedup_T_over_K_mean"], "-o", color="tab:red", label="speed-up T/K")
-        ax.set_xticks(pos, [f"{v:g}" for v in part[col]])
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("speed-up in iterations T/K", color="tab:red")
-        ax.grid(alpha=0.3)
+        ax.plot(pos, part["speedup_T_over_K_mean"], "-o", color="tab:red", label="PASO speed-up T/K")
+        ax.set_xticks(pos, [f"{v:g}" + (f"\n(n={int(n)})" if varies else "")
+                            for v, n in zip(part[col], part["seeds"] - part["failed"])])
+        ax.set_ylabel("speed-up in iterations T/K [x]", color="tab:red")
         twin = ax.twinx()
-        twin.errorbar(pos, part["test_accuracy_mean"], yerr=part["test_accuracy_std"].fillna(0), fmt="-s",
+        twin.errorbar(pos, part["test_accuracy_mean"], yerr=report.error_bars(part["test_accuracy_std"]), fmt="-s",
                       color="tab:blue", capsize=3, label="PASO test accuracy")
         if math.isfinite(acc_m):
-            twin.axhline(acc_m, color="black", ls="--", lw=1, label="serial accuracy (band: ± std over seeds)")
+            twin.axhline(acc_m, color="black", ls="--", lw=1, label=serial_label)
             if acc_s > 0:
                 twin.axhspan(acc_m - acc_s, acc_m + acc_s, color="black", alpha=0.08)
-        twin.set_ylabel("final test accuracy", color="tab:blue")
-        if ax is axes[0]:
-            lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-            ax.legend(lines, [h.get_label() for h in lines], fontsize=7, loc="best", framealpha=0.7)
+        twin.set_ylabel("final test accuracy [fraction, 0-1]", color="tab:blue")
+        report.finish_axes(ax, title=f"against {col}", xlabel=xlabel, twins=[twin], framealpha=0.7, loc="best")
     ax = axes[2]
+    markers = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h")
     for i, (_, row) in enumerate(ok.iterrows()):
+        n = int(row["seeds"] - row["failed"])
         ax.errorbar(row["speedup_T_over_K_mean"], row["test_accuracy_mean"],
-                    yerr=0 if pd.isna(row["test_accuracy_std"]) else row["test_accuracy_std"], fmt="o",
-                    color="tab:red", capsize=2)
-        ax.annotate(f"thr={row['threshold']:g}\nema={row['ema_decay']:g}",
-                    (row["speedup_T_over_K_mean"], row["test_accuracy_mean"]), fontsize=7,
-                    textcoords="offset points", xytext=(4, 4 if i % 2 == 0 else -18))  # alternate: fewer overlaps
+                    yerr=report.error_bars([row["test_accuracy_std"]]), fmt=markers[i % len(markers)],
+                    color=f"C{i % 10}", capsize=2, markersize=7,
+                    label=f"thr={row['threshold']:g}, ema={row['ema_decay']:g}" + (f" (n={n})" if varies else ""))
     if math.isfinite(acc_m):
-        ax.axhline(acc_m, color="black", ls="--", lw=1, label="serial (1x)")
+        ax.axhline(acc_m, color="black", ls="--", lw=1, label=f"serial, 1x ({report.seed_counts([n_serial])})")
         if acc_s > 0:
             ax.axhspan(acc_m - acc_s, acc_m + acc_s, color="black", alpha=0.08)
-        ax.legend(fontsize=8)
-    ax.set_xlabel("speed-up in iterations T/K")
-    ax.set_ylabel("final test accuracy")
-    ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
+    report.finish_axes(ax, title="accuracy against speed-up, every sweep point", xlabel="speed-up in iterations T/K [x]",
+                       ylabel="final test accuracy [fraction, 0-1]", fontsize=7)
+    seeds = "" if varies or done.empty else f" (PASO: mean ± std over {int(done.iloc[0])} seed(s) per point)"
+    fig.suptitle(title + seeds)
     return fig
 
 
@@ -648,7 +685,7 @@ def plot_sweep_run(run: RunResult, serial: RunResult | None) -> Any:
     """One sweep run next to serial: loss against sequential iterations, accepted steps."""
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.8), layout="constrained")
     for r in (serial, run):
         if r is None:
             continue
@@ -656,19 +693,16 @@ def plot_sweep_run(run: RunResult, serial: RunResult | None) -> Any:
         curve = common.run_curve(r, "train_loss", "iteration")
         ax1.plot(curve["iteration"], curve["train_loss"], color=METHOD_COLORS.get(method), lw=1, label=_label(method))
     ax1.set_yscale("log")
-    ax1.set_xlabel("sequential iterations")
-    ax1.set_ylabel("training loss")
-    ax1.grid(alpha=0.3)
-    ax1.legend()
+    report.finish_axes(ax1, title="training loss", xlabel="sequential iterations [count]",
+                       ylabel=CURVE_LABELS["train_loss"], integer_x=True)
     accepted = common.column_rows([run], ("iteration", "accepted"), require="accepted", keys=())
     ax2.plot(accepted["iteration"], accepted["accepted"], color=METHOD_COLORS.get(run.config.get("method")), lw=1)
-    ax2.set_xlabel("PASO iteration K")
-    ax2.set_ylabel("steps accepted")
-    ax2.grid(alpha=0.3)
+    report.finish_axes(ax2, title="steps accepted per iteration", xlabel="PASO iteration K [count]",
+                       ylabel="steps accepted [count]", integer_x=True, integer_y=True,
+                       note=f"PASO, seed {run.config.get('seed')}")
     c, s = run.config, run.summary
-    fig.suptitle(f"threshold={c['threshold']:g}, ema_decay={c['ema_decay']:g}: T/K={_num(s.get('speedup')):.2f}, "
-                 f"test accuracy {_num(s.get('final_test_accuracy')):.4f}")
-    fig.tight_layout()
+    fig.suptitle(f"PASO threshold={c['threshold']:g}, ema_decay={c['ema_decay']:g}, seed {c.get('seed')}: "
+                 f"T/K={_num(s.get('speedup')):.2f}, test accuracy {_num(s.get('final_test_accuracy')):.4f}")
     return fig
 
 

@@ -347,7 +347,7 @@ def baseline_values(table: pd.DataFrame, baseline: pd.DataFrame, column: str, on
 
 # =========================================================================== curves
 #: The schema columns a curve can run along, with their axis labels.
-X_AXES = {"iteration": "sequential iterations", "steps_done": "optimizer steps",
+X_AXES = {"iteration": "sequential iterations [count]", "steps_done": "optimizer steps [count]",
           "train_time_s": "training time [s]"}
 
 

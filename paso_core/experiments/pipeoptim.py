@@ -417,47 +417,40 @@ def _style(method: str) -> dict[str, Any]:
     return {"color": color, "linestyle": line, "marker": marker, "markersize": 4}
 
 
-def _integer_ticks(ax: Any) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-
 def plot_accuracy(acc: pd.DataFrame, setting: str) -> Any:
-    """Top-1 against epoch, one panel per optimizer (the seed's figure), mean ± std over seeds."""
+    """Top-1 against epoch, one panel per optimizer (the seed's figure), mean ± std over seeds
+    (``n`` in the legend); the legend's title names the curves that coincide (GPipe and
+    1F1B make the same synchronous updates), found from the data."""
     import matplotlib.pyplot as plt
 
     optimizers = list(dict.fromkeys(acc["optimizer"]))
-    fig, axes = plt.subplots(1, len(optimizers), figsize=(6.2 * len(optimizers), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(optimizers), figsize=(6.2 * len(optimizers), 4.2), squeeze=False,
+                             layout="constrained")
     mean = _mean_curve(acc, "epoch", "top1")
     for ax, optimizer in zip(axes[0], optimizers):
         part = mean[mean["optimizer"] == optimizer]
         for method, curve in part.groupby("method", sort=False):
             n = int(curve["n"].max())
-            ax.plot(curve["epoch"], curve["mean"], label=f"{method} (n={n})", **_style(method))
+            ax.plot(curve["epoch"], curve["mean"], label=f"{method} ({report.seed_counts(curve['n'])})",
+                    **_style(method))
             if n > 1:
                 ax.fill_between(curve["epoch"], curve["mean"] - curve["std"].fillna(0),
                                 curve["mean"] + curve["std"].fillna(0), color=_style(method)["color"], alpha=0.12)
-        same = coinciding(part)
-        note = "; ".join(" = ".join(group) + " (identical curves)" for group in same)
-        ax.set(title=optimizer + (f"\n{note}" if note else ""), xlabel="epoch", ylabel="validation top-1 [%]")
-        _integer_ticks(ax)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"Validation top-1 against epoch: {setting}")
-    fig.tight_layout()
+        report.finish_axes(ax, title=optimizer, xlabel="epoch", ylabel="validation top-1 [%]", integer_x=True,
+                           series=_series(part, "mean"))
+    fig.suptitle(f"Validation top-1 against epoch: {setting} (mean ± std over seeds)")
     return fig
 
 
+def _series(curves: pd.DataFrame, y: str, x: str = "epoch") -> dict[str, tuple[Any, Any]]:
+    """``{method: (x, y)}`` of a long frame, for :func:`paso_core.report.coinciding_series`."""
+    return {m: (c.sort_values(x)[x], c.sort_values(x)[y]) for m, c in curves.groupby("method", sort=False)}
+
+
 def coinciding(curves: pd.DataFrame) -> list[list[str]]:
-    """Groups of methods whose mean curves are identical (GPipe and 1F1B make the same
+    """Groups of methods whose mean curves coincide (GPipe and 1F1B make the same
     synchronous updates), so a figure can say why one line hides another."""
-    by_method = {m: tuple(np.round(c.sort_values("epoch")["mean"].to_numpy(), 9))
-                 for m, c in curves.groupby("method", sort=False)}
-    groups: dict[tuple, list[str]] = {}
-    for method, values in by_method.items():
-        groups.setdefault(values, []).append(method)
-    return [g for g in groups.values() if len(g) > 1]
+    return report.coinciding_series(_series(curves, "mean"))
 
 
 def plot_quality(quality: pd.DataFrame, spe: int, setting: str) -> Any:
@@ -466,35 +459,33 @@ def plot_quality(quality: pd.DataFrame, spe: int, setting: str) -> Any:
     import matplotlib.pyplot as plt
 
     keys = list(dict.fromkeys(zip(quality["method"], quality["optimizer"])))
-    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(5.2 * max(1, len(keys)), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(5.2 * max(1, len(keys)), 3.8), squeeze=False,
+                             layout="constrained")
     for ax, (method, optimizer) in zip(axes[0], keys):
         part = quality[(quality["method"] == method) & (quality["optimizer"] == optimizer)]
         for stage, rows in part.groupby("stage"):
             med = rows.groupby("minibatch")["quality"].median()
             ax.plot(med.index / spe, med.values, marker="o", markersize=3, label=f"stage {stage}")
         ax.axhline(1.0, color="grey", linestyle=":", linewidth=1, label="stale weights (= 1)")
-        ax.set(title=f"{method}, {optimizer}", xlabel="epoch", ylabel="‖Ŵ − W_bwd‖ / ‖W_stale − W_bwd‖")
         ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        report.finish_axes(ax, title=f"{method}, {optimizer} ({report.seed_counts([part['seed'].nunique()])} seeds)",
+                           xlabel="epoch", ylabel="‖Ŵ − W_bwd‖ / ‖W_stale − W_bwd‖ [ratio]", integer_x=True)
     fig.suptitle(f"Prediction quality per stage (median over seeds): {setting}")
-    fig.tight_layout()
     return fig
 
 
 def plot_text(frame: pd.DataFrame, setting: str, column: str = TEXT_METRIC) -> Any:
+    """Validation perplexity against mini-batches on text, one line per method; the legend's
+    title names the curves that coincide."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
     for method, part in frame.groupby("method", sort=False):
         ax.plot(part["steps_done"], part[column], label=method, **_style(method))
-    note = "; ".join(" = ".join(g) for g in coinciding(frame.rename(columns={column: "mean"})))
-    ax.set(title=f"AdamW on text: {setting}" + (f"\n{note} (identical curves)" if note else ""),
-           xlabel="mini-batches (optimizer steps)", ylabel="validation perplexity")
-    _integer_ticks(ax)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    seeds = sorted(frame["seed"].unique()) if "seed" in frame else []
+    report.finish_axes(ax, title=f"AdamW on text: {setting}" + (f", seed {seeds[0]}" if len(seeds) == 1 else ""),
+                       xlabel="mini-batches (optimizer steps) [count]", ylabel="validation perplexity",
+                       integer_x=True, series=_series(frame, column, "steps_done"))
     return fig
 
 

@@ -364,26 +364,33 @@ def _style(kind: str, rule: str) -> tuple[str, str]:
 
 
 def accuracy_vs_syncs(frame: pd.DataFrame, optimizers: Sequence[str], title: Callable[[str], str]) -> Any:
-    """Test accuracy against synchronizations (log x): constant H as a line, the rules as markers."""
+    """Test accuracy against synchronizations (log x): constant H as a line, the rules as markers.
+
+    Error bars are ± std over seeds; a point from one seed has none (no "± 0"). The seeds
+    per point are in the panel title when every point has the same number, else in the
+    point's label."""
     fig, panels = _panels(optimizers, 4.2)
     for ax, optimizer in panels:
         stats = final_table(frame[frame["optimizer"] == optimizer])
+        varies = stats["test_acc_n"].nunique() > 1
         constant = stats[stats["rule"] == "constant"].sort_values("syncs")
-        ax.errorbar(constant["syncs"], constant["test_acc_mean"], yerr=constant["test_acc_std"].fillna(0),
+        ax.errorbar(constant["syncs"], constant["test_acc_mean"], yerr=report.error_bars(constant["test_acc_std"]),
                     color="C7", marker="o", capsize=3, label="constant H (grid)")
-        for h, x, y in zip(constant["H"], constant["syncs"], constant["test_acc_mean"]):
-            ax.annotate(f"H={h}", (x, y), textcoords="offset points", xytext=(4, -12), fontsize=8)
+        for h, x, y, n in zip(constant["H"], constant["syncs"], constant["test_acc_mean"], constant["test_acc_n"]):
+            ax.annotate(f"H={h}" + (f" (n={n})" if varies else ""), (x, y), textcoords="offset points",
+                        xytext=(4, -12), fontsize=8)
         for row in stats[stats["rule"] != "constant"].itertuples():
             color, marker = _style(row.kind, row.rule)
-            ax.errorbar([row.syncs], [row.test_acc_mean], yerr=[0 if math.isnan(row.test_acc_std) else row.test_acc_std],
-                        color=color, marker=marker, markersize=10, capsize=3, linestyle="none", label=row.variant)
+            ax.errorbar([row.syncs], [row.test_acc_mean], yerr=report.error_bars([row.test_acc_std]),
+                        color=color, marker=marker, markersize=10, capsize=3, linestyle="none",
+                        label=row.variant + (f" (n={row.test_acc_n})" if varies else ""))
         ax.set_xscale("log")
         _integer_log_axis(ax.xaxis)
-        ax.set_xlabel("synchronizations (parameter all-reduces) per run")
-        ax.set_ylabel("test accuracy [%]")
-        n = int(stats["n_runs"].max()) if not stats.empty else 0
-        ax.set_title(f"{title(optimizer)}\nmean ± std over {n} seed(s)", fontsize=9)
-        ax.legend(fontsize=8)
+        n = "" if varies or stats.empty else f"\nmean ± std over {int(stats['test_acc_n'].iloc[0])} seed(s)"
+        report.finish_axes(ax, title=f"{title(optimizer)}{n}", xlabel="synchronizations (parameter all-reduces) per run "
+                           "[count]", ylabel="test accuracy [%]")
+        ax.title.set_fontsize(9)
+    fig.suptitle("Test accuracy against the number of synchronizations")
     fig.tight_layout()
     return fig
 
@@ -422,11 +429,11 @@ def plot_periods(periods: pd.DataFrame, optimizers: Sequence[str], title: Callab
         twin = ax.twinx()
         twin.plot(lr["start"], lr["lr"], color="k", linestyle=":", linewidth=1, label="learning rate")
         twin.set_ylabel("learning rate")
-        lines, labels = ax.get_legend_handles_labels()
-        more, more_labels = twin.get_legend_handles_labels()
-        ax.legend(lines + more, labels + more_labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16),
-                  ncol=3)
-        ax.set_title(title(optimizer), fontsize=9)
+        report.finish_axes(ax, title=f"{title(optimizer)}, first seed", xlabel="optimizer step at the round's start "
+                           "[count]", ylabel="local steps per round H [count]", integer_x=True, twins=[twin],
+                           loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
+        ax.title.set_fontsize(9)
+    fig.suptitle("Synchronization period H over training, with the learning rate")
     fig.tight_layout()
     return fig
 
@@ -453,11 +460,11 @@ def plot_accuracy_curves(curves: pd.DataFrame, optimizers: Sequence[str], title:
             mean = part.groupby("epoch")["acc"].agg(["mean", "count"])
             color, marker = _style(part["kind"].iloc[0], part["rule"].iloc[0])
             ax.plot(mean.index, mean["mean"], color=color, marker=marker, markersize=4,
-                    label=f"{label} (n={int(mean['count'].max())})")
-        ax.set_xlabel("epoch (evaluated right after a synchronization)")
-        ax.set_ylabel("test accuracy [%]")
-        ax.set_title(title(optimizer), fontsize=9)
-        ax.legend(fontsize=8)
+                    label=f"{label} ({report.seed_counts(mean['count'])})")
+        report.finish_axes(ax, title=title(optimizer), xlabel="epoch (evaluated right after a synchronization)",
+                           ylabel="test accuracy [%]", integer_x=True)
+        ax.title.set_fontsize(9)
+    fig.suptitle("Test accuracy during training (mean over seeds, n in the legend)")
     fig.tight_layout()
     return fig
 

@@ -397,6 +397,33 @@ SUMMARY_COLUMNS = ("method", "world", "tokens_per_s", "tokens_per_s_per_rank", "
                    "pipeline_s", "grad_sync_s", "optimizer_s", "comm_s", "mem_state_mb", "mem_peak_mb",
                    "bytes_per_step", "bubble_schedule", "bubble_measured", "final_train_loss")
 
+#: What each study's Markdown table shows (at most ten columns; the CSV keeps every one):
+#: the method and the swept value, then throughput, training state and peak memory per rank,
+#: bytes per step and the bubble. The phase split has its own table (:func:`step_split`).
+STUDY_MD_COLUMNS: dict[str, tuple[str, ...]] = {
+    "methods": ("method", "world", "tokens_per_s", "tokens_per_s_per_rank", "speedup_vs_serial", "mem_state_mb",
+                "state_vs_serial", "mem_peak_mb", "bytes_per_step", "bubble_measured"),
+    "world": ("method", "world", "tokens_per_s", "tokens_per_s_per_rank", "step_s", "mem_state_mb", "mem_peak_mb",
+              "bytes_per_step", "bubble_schedule", "bubble_measured"),
+    "context": ("method", "block_size", "world", "tokens_per_s", "tokens_per_s_per_rank", "step_s", "mem_state_mb",
+                "mem_peak_mb", "bytes_per_step", "bubble_measured"),
+    "microbatches": ("method", "microbatches", "world", "tokens_per_s", "step_s", "pipeline_s", "mem_peak_mb",
+                     "bytes_per_step", "bubble_schedule", "bubble_measured"),
+    "split": ("method", "x", "split_points", "world", "tokens_per_s", "step_s", "pipeline_s", "mem_peak_mb",
+              "bytes_per_step", "bubble_measured"),
+}
+#: The comparison with the seeds' numbers: ours beside theirs; the setting (one value, in the
+#: title) and our training state (the seeds do not report it) stay in the CSV.
+COMPARISON_MD_COLUMNS = ("method", "ours: ranks", "seed: GPUs", "ours: throughput, job [k tokens/s]",
+                         "seed: throughput, job [k tokens/s]", "ours: per rank [k tokens/s]",
+                         "seed: per GPU [k tokens/s]", "ours: peak memory per rank [MiB]",
+                         "seed: peak memory per GPU [GB]", "seed (their GPUs)")
+
+
+def md_columns(table: pd.DataFrame, name: str) -> list[str]:
+    """:data:`STUDY_MD_COLUMNS` of study ``name`` that ``table`` has (the ratios need a serial run)."""
+    return [c for c in STUDY_MD_COLUMNS[name] if c in table.columns]
+
 
 def fsdp2_memory(table: pd.DataFrame, factor: float = FSDP2_MEMORY_FACTOR) -> pd.DataFrame:
     """FSDP2's training state per rank relative to one replica's, beside ``1/world``, and
@@ -679,9 +706,7 @@ def _plot_lines(ax: Any, frame: pd.DataFrame, x: str, y: str, *, title: str, xla
         _empty(ax, title, f"no {ylabel} measured")
         return
     _integer_axis(ax, frame[x], log2=log2)
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    report.finish_axes(ax, title=title, xlabel=xlabel, ylabel=ylabel)
 
 
 def _family_bars(ax: Any, frame: pd.DataFrame, column: str, *, title: str, xlabel: str, scale: float = 1.0) -> None:
@@ -792,7 +817,7 @@ def plot_sweeps(table: pd.DataFrame, title: str | None = None) -> Any:
         if method.startswith("fsdp2") and len(group) > 1:
             axes[0, 0].plot(group["world"], group["mem_state_mb"].iloc[0] * group["ideal_1_over_world"], "k--", lw=1,
                             label=f"{method}: 1/world")
-            axes[0, 0].legend(fontsize=8)
+            report.finish_axes(axes[0, 0])  # the legend again, now naming what the ideal line coincides with
     micro = study(table, "microbatches")
     if micro.empty:
         for ax in axes[2, :3]:
@@ -807,10 +832,8 @@ def plot_sweeps(table: pd.DataFrame, title: str | None = None) -> Any:
             ax.plot(group["microbatches"], group["bubble_measured"], color=style["color"], marker="x", ls=":",
                     label=f"{method}: measured")
         _integer_axis(ax, micro["microbatches"], log2=True)
-        ax.set(title=f"pipeline bubble vs micro-batches ({int(micro['world'].max())} ranks)",
-               xlabel=per_step, ylabel="idle fraction of the step [0-1]")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        report.finish_axes(ax, title=f"pipeline bubble vs micro-batches ({int(micro['world'].max())} ranks)",
+                           xlabel=per_step, ylabel="idle fraction of the step [0-1]")
         _plot_lines(axes[2, 1], micro, "microbatches", "tokens_per_s", title="pipeline tokens/s vs micro-batches",
                     xlabel=per_step, ylabel="tokens/s, whole job [tokens/s]", log2=True)
         _plot_lines(axes[2, 2], micro, "microbatches", "bytes_per_step",
@@ -833,10 +856,8 @@ def _plot_split(ax: Any, split: pd.DataFrame) -> None:
         ax.axhline(r.tokens_per_s, ls=_LINESTYLES[(i + 1) % len(_LINESTYLES)], lw=1.2, color=f"C{i + 1}",
                    label=f"rule {r.x}: split {r.split_points}")
     _integer_axis(ax, points)
-    ax.set(title="2-stage GPipe split sweep", xlabel="split point: first block of stage 2 [block index]",
-           ylabel="tokens/s, whole job [tokens/s]")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    report.finish_axes(ax, title="2-stage GPipe split sweep", xlabel="split point: first block of stage 2 [block index]",
+                       ylabel="tokens/s, whole job [tokens/s]")
 
 
 # =========================================================================== provenance

@@ -130,6 +130,12 @@ TABLE2_COLUMNS = (
     "steps", "grad evals", "wall time (s)", "wall time std (s)", "worker wall time (s)",
     "speed-up (iterations)", "speed-up (wall time)",
 )
+#: What Table 2's Markdown shows (the CSV has every column): method and source, seeds,
+#: perplexity with its spread, iterations and gradient evaluations, training time and both
+#: speed-ups. The long setting strings are in the notes; tokens, steps, validation perplexity
+#: and the worker's whole lifetime stay in the CSV.
+TABLE2_MD_COLUMNS = ("method", "source", "seeds", "PPL", "PPL std", "iterations", "grad evals", "wall time (s)",
+                     "speed-up (iterations)", "speed-up (wall time)")
 
 
 # =========================================================================== parameters
@@ -188,7 +194,7 @@ def run_options(params: Mapping[str, Any], method: str, seed: int) -> dict[str, 
     }
     if params.get("model_dir") is not None:
         opts["model_dir"] = params["model_dir"]
-    opts["nproc"] = 1 if method == "serial" else common.paso_workers(params) if method == "paso" else params["nproc"]
+    opts["nproc"] = {"serial": 1, "paso": common.paso_workers(params)}.get(method, params["nproc"])
     opts.update({k: params[k] for k in METHOD_OPTIONS.get(method, ())})
     return opts
 
@@ -361,9 +367,8 @@ def format_table2(table: pd.DataFrame) -> pd.DataFrame:
     def fmt(v: float, spec: str) -> str:
         return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
-    def pm(m: float, s: float, spec: str) -> str:
-        text = fmt(m, spec)
-        return f"{text} ± {fmt(s, spec)}" if text and isinstance(s, float) and math.isfinite(s) and s > 0 else text
+    def pm(m: float, s: float, spec: str) -> str:  # the one convention: no "±" for a single seed
+        return common.format_pm(m, s, spec) if fmt(m, spec) else ""
 
     out["PPL"] = [pm(m, s, ".4g") for m, s in zip(table["PPL"], table["PPL std"])]
     out["total tokens"] = [fmt(v / 1e3, ".0f") + "k" if math.isfinite(v) else "" for v in table["total tokens"]]
@@ -407,29 +412,43 @@ def eval_curves(results: Mapping[str, Sequence[RunResult]]) -> pd.DataFrame:
 X_AXES = {x: common.X_AXES[x] for x in ("iteration", "train_time_s")}
 
 
+def _method_series(curves: pd.DataFrame, x: str) -> dict[str, tuple[Any, Any]]:
+    """``{method label: (x, y)}`` with every seed's points, for the overlap check: methods
+    coincide only when all their seeds do. Each seed's x is shifted by ``seed x 1e9`` so the
+    seeds' points stay apart (no run has a billion iterations or seconds)."""
+    out = {}
+    for method in [m for m in METHODS if m in set(curves["method"])]:
+        part = curves[curves["method"] == method].sort_values(["seed", x])
+        out[METHOD_LABELS.get(method, method)] = (part["seed"].astype(float) * 1e9 + part[x].astype(float),
+                                                  part["val_ppl"])
+    return out
+
+
 def plot_curve(curves: pd.DataFrame, x: str = "iteration", ax: Any = None, title: str | None = None) -> Any:
-    """Validation perplexity against ``x`` (a key of :data:`X_AXES`), one line per method and seed."""
+    """Validation perplexity against ``x`` (a key of :data:`X_AXES`), one line per method and
+    seed (the legend gives each method's number of seeds when there are several); the
+    legend's title names the methods whose curves coincide (same updates), from the data."""
     import matplotlib.pyplot as plt
 
     if x not in X_AXES:
         raise ValueError(f"x={x!r} is not valid; choose one of: {', '.join(X_AXES)}")
     if ax is None:
-        _, ax = plt.subplots(figsize=(6.5, 4.2))
+        _, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
     for method in [m for m in METHODS if m in set(curves["method"])]:
         part = curves[curves["method"] == method]
+        seeds = part["seed"].nunique()
         for i, (seed, run) in enumerate(part.groupby("seed", sort=True)):
             run = run.sort_values(x)
             style, width = METHOD_STYLES.get(method, ("-", 1.5))
+            label = METHOD_LABELS.get(method, method) + (f" ({seeds} seeds, one line each)" if seeds > 1 else "")
             ax.plot(run[x], run["val_ppl"], marker="o", ms=3, ls=style, lw=width, color=METHOD_COLORS.get(method),
-                    alpha=1.0 if part["seed"].nunique() == 1 else 0.7,
-                    label=METHOD_LABELS.get(method, method) if i == 0 else None)
-    ax.set_xlabel(X_AXES[x])
-    ax.set_ylabel("validation perplexity")
+                    alpha=1.0 if seeds == 1 else 0.7, label=label if i == 0 else None)
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    if title:
-        ax.set_title(title)
+    report.finish_axes(ax, title=title if title is not None else f"against {X_AXES[x].split(' [')[0]}",
+                       xlabel=X_AXES[x], ylabel="validation perplexity",
+                       integer_x=x == "iteration", series=_method_series(curves, x), grid=False,
+                       note=None if not curves.empty else "no evaluations")
     return ax
 
 
@@ -437,12 +456,11 @@ def plot_curves(curves: pd.DataFrame, title: str = "") -> Any:
     """Both panels side by side: against sequential iterations and against training time."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), layout="constrained")
     plot_curve(curves, "iteration", axes[0])
     plot_curve(curves, "train_time_s", axes[1])
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
