@@ -25,7 +25,7 @@ import pandas as pd
 from .config import ConfigError
 from .experiments.common import (STD_NOTE, format_mean_std, iterations_to_reach, mean_std, run_curve,
                                  sequential_curve)
-from .provenance import provenance
+from .provenance import provenance, repo_relative
 from .runs import artifacts_root
 
 __all__ = [
@@ -88,7 +88,8 @@ def _write_config(path: Path, config: Mapping[str, Any] | None, kind: str, files
                   env: Mapping[str, Any] | None = None) -> Path:
     record = {"artifact": kind, "files": [p.name for p in files], "config": _jsonable(dict(config or {})),
               "environment": _jsonable(dict(env)) if env is not None else environment()}
-    path.write_text(json.dumps(record, indent=2, sort_keys=True))
+    # paths of this checkout (run directories, data) relative to it: no build-machine paths
+    path.write_text(repo_relative(json.dumps(record, indent=2, sort_keys=True), path.parent.parent))
     return path
 
 
@@ -181,14 +182,14 @@ def save_table(df: pd.DataFrame, name: str, config: Mapping[str, Any] | None = N
     folder.mkdir(parents=True, exist_ok=True)
     csv = folder / f"{name}.csv"
     md = folder / f"{name}.md"
-    df.to_csv(csv, index=False)
+    csv.write_text(repo_relative(df.to_csv(index=False), folder.parent))  # run paths relative to the checkout
     parts = [f"# {title}\n"] if title else []
     if notes:
         parts.append(notes.strip() + "\n")
     parts.append(to_markdown(df[shown]) + "\n")
     if hidden:
         parts.append(f"More columns in {name}.csv: {', '.join(hidden)}.\n")
-    md.write_text("\n".join(parts))
+    md.write_text(repo_relative("\n".join(parts), folder.parent))
     _write_config(folder / f"{name}.json", config, "table", [csv, md], environment(world_size, threads))
     return csv, md
 

@@ -69,14 +69,22 @@ RESULT_NEUTRAL = ("progress", "out_dir", "run_name", "checkpoint_every", "mirror
 CODE_DIGEST_FILE = "code_digest"
 
 
+#: ``paso_core`` modules that only read finished runs (tables, figures, claims, the index) or
+#: plan them (the configs are compared anyway): a change there leaves every run valid.
+AFTER_THE_RUN = ("experiments/", "report.py", "reproduce.py", "claims.py", "explore.py", "plot_runs.py",
+                 "notebook_files.py")
+
+
 def code_digest() -> str:
-    """A hash of the ``paso_core`` sources and the torch version: what, beside the config,
-    decides a run's results (a reused run must have been made by the same code)."""
+    """A hash of the ``paso_core`` sources a run executes and the torch version: what, beside
+    the config, decides a run's results (a reused run must have been made by the same code)."""
     import torch
 
     digest = hashlib.sha1(torch.__version__.encode())
     for source in sorted(PACKAGE_ROOT.rglob("*.py")):
-        digest.update(source.relative_to(PACKAGE_ROOT).as_posix().encode() + b"\0" + source.read_bytes())
+        name = source.relative_to(PACKAGE_ROOT).as_posix()
+        if not name.startswith(AFTER_THE_RUN):
+            digest.update(name.encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()[:16]
 
 

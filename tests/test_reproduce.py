@@ -128,3 +128,19 @@ def test_the_readme_claims_map_is_the_one_computed_from_the_artifacts(tmp_path) 
     assert reproduce.update_readme_claims(copy, artifacts)
     text = copy.read_text()
     assert "stale" not in text and text.startswith("intro\n") and text.endswith("rest\n") and "| seed |" in text
+
+
+def test_saved_tables_record_paths_relative_to_the_checkout(tmp_path) -> None:
+    import json
+
+    import pandas as pd
+
+    from paso_core import report
+
+    run = REPO / "artifacts" / "runs" / "serial-x"
+    tables = tmp_path / "artifacts" / "tables"
+    report.save_table(pd.DataFrame({"path": [str(run), str(tmp_path / "artifacts" / "runs" / "y")]}), "t",
+                      {"out_dir": str(run)}, root=tables)
+    assert pd.read_csv(tables / "t.csv")["path"].tolist() == ["artifacts/runs/serial-x", "artifacts/runs/y"]
+    record = json.loads((tables / "t.json").read_text())
+    assert record["config"]["out_dir"] == "artifacts/runs/serial-x" and str(REPO) not in (tables / "t.json").read_text()
