@@ -144,3 +144,14 @@ def test_saved_tables_record_paths_relative_to_the_checkout(tmp_path) -> None:
     assert pd.read_csv(tables / "t.csv")["path"].tolist() == ["artifacts/runs/serial-x", "artifacts/runs/y"]
     record = json.loads((tables / "t.json").read_text())
     assert record["config"]["out_dir"] == "artifacts/runs/serial-x" and str(REPO) not in (tables / "t.json").read_text()
+
+
+def test_readme_job_times_come_from_the_index(tmp_path) -> None:
+    jobs = [reproduce.JobResult("engine_canary", True, 30, "benchmarks/engine_canary.py"),
+            reproduce.JobResult("cifar_paso", True, 150, "notebooks/cifar_paso.ipynb")]
+    reproduce.write_index(tmp_path, "default", jobs)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{reproduce.TIMES_START}\nold\n{reproduce.TIMES_END}\nb\n")
+    assert reproduce.update_readme_times(readme, tmp_path)
+    text = readme.read_text()
+    assert "| cifar_paso | 2.5 | 0 |" in text and "| **all** | **3** | |" in text and "old" not in text
