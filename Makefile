@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 SCALE ?= default
 
-.PHONY: setup test test-all artifacts benchmarks gpu-check clean-runs
+.PHONY: setup test test-all artifacts benchmarks gpu-check clean-runs setup-torch25 test-torch25
 
 setup: $(VENV)/.installed
 
@@ -54,3 +54,33 @@ test-browser: setup $(VENV)/.browser
 $(VENV)/.browser: pyproject.toml
 	$(PY) -m pip install -q -e ".[browser]"
 	touch $@
+
+# The Docker image's stack (torch 2.5.1 + constraints/torch25.txt) in a venv of its own, CPU only:
+# the unit tests that hold on that torch (constraints/torch25_tests.txt says which and why), then
+# every engine's first-step canary against serial, run case by case (benchmarks/torch25_check.py).
+# Engines known broken there (FSDP2 before torch 2.6 on any device: no public fully_shard; on CPU/gloo
+# FSDP2 before 2.9 and pipelining before 2.10) are named "known broken" in the table and do not fail
+# the target; anything else that fails does (exit 1). Tests and canary go through docker/entrypoint.sh,
+# as in the image.
+# OUT=dir keeps the table as dir/tables/torch25_check.{md,csv,json} (default: a temporary directory);
+# CANARY_TASK=synthetic|vision. torch 2.5.1 from PyPI is a CUDA build: the venv is ~6 GB.
+VENV25 ?= .venv-torch25
+PY25 := $(VENV25)/bin/python
+CANARY_TASK ?= vision
+
+setup-torch25: $(VENV25)/.installed
+
+$(VENV25)/.installed: pyproject.toml constraints/torch25.txt
+	$(PYTHON) -m venv $(VENV25)
+	$(PY25) -m pip install -q -c constraints/torch25.txt torch torchvision
+	$(PY25) -m pip install -q -e ".[text,notebooks,test]" -c constraints/torch25.txt
+	touch $@
+
+test-torch25: setup-torch25
+	@T=$$(mktemp -d); rc=0; tests=ok; engines=ok; \
+	PYTHON=$(abspath $(PY25)) PASO_SCALE=smoke PASO_ARTIFACTS=$$T/artifacts docker/entrypoint.sh test \
+	  -p no:cacheprovider --basetemp=$$T/pytest || { rc=1; tests=FAILED; }; \
+	PYTHON=$(abspath $(PY25)) PASO_ARTIFACTS=$(if $(OUT),$(abspath $(OUT)),$$T/artifacts) docker/entrypoint.sh \
+	  stack-check --task $(CANARY_TASK) || { rc=1; engines=FAILED; }; \
+	echo "test-torch25: unit tests $$tests, engine check $$engines (torch $$($(PY25) -c 'import torch; print(torch.__version__)'))"; \
+	exit $$rc
