@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="*", default=None, help="only these methods (default: every canary)")
     parser.add_argument("--task", default="vision", choices=("synthetic", "vision"))
     args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers={args.workers} is not valid: give a positive number of devices (default: every "
+                     "visible GPU)")
     cuda = torch.cuda.is_available()
     if not cuda and not args.allow_cpu:
         parser.error("no CUDA device is visible (torch.cuda.is_available() is False); run this on a GPU machine, "

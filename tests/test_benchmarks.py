@@ -107,6 +107,9 @@ def test_gpu_check_runs_every_case_against_serial_on_the_same_device(tmp_path) -
     assert "needs 2 devices, 1 visible" in table.loc["canary-ddp", "note"]
     import torch
 
+    bad = subprocess.run([sys.executable, str(script), "--allow-cpu", "--workers", "0"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "--workers=0 is not valid" in bad.stderr
     if not torch.cuda.is_available():  # without --allow-cpu it says why it cannot run here
         refused = subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], capture_output=True,
                                  text=True, timeout=120)
