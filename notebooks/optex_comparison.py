@@ -41,13 +41,14 @@
 # | `paper` | sphere, ackley, rosenbrock | 10 000 | 1 000 | 8 | 3 | the seed's exact settings (hours on 2 cores) |
 #
 # All scales use Adam, lr 1e-3 (Rosenbrock: lr 1e-4 and gradient-norm clip 100), OptEx
-# `T0 = 20`, `tune_every = 10`, PASO `threshold = 1e-5`, `ema_decay = 0.999`
+# `T0 = 20`, `tune_every = 10` (or, with `-p optex_variant official_jax`, the official JAX
+# code's history 50, fixed length scale 0.1, inputs divided by the mean of √‖x_j‖ and a zero
+# first estimate), PASO `threshold = 1e-5`, `ema_decay = 0.999`
 # (`paso_core.experiments.optex.PRESETS`). Each method gets only its own options: OptEx
 # `P = N`, `history`, `tune_every`; PASO `P = N`, `threshold`, `ema_decay`.
-# Measured on the 2-core development CPU (no GPU), end to end with papermill: `default`
-# 4.3 min (7.5 min while other heavy jobs shared the CPU, load ≈ 9); `smoke` 26 s (about
-# 1.5 min under that load). Most of it is process start-up: 18 `torchrun` launches of
-# ~8–15 s each. The last cell prints this run's own time.
+# The measured time of the `default` run is in the README's job-time table (written by
+# `make artifacts`); most of it is process start-up of the `torchrun` launches. The last
+# cell prints this run's own time.
 #
 # If `scale` is left `None`, the environment variable `PASO_SCALE` decides (CI runs
 # `PASO_SCALE=smoke pytest --nbmake notebooks/`), else `default`. An unknown parameter
@@ -75,6 +76,7 @@ rosenbrock_clip = None
 history = None      # OptEx T0
 tune_every = None   # OptEx length-scale re-tuning period in iterations (0: never)
 reach_rtol = None   # relative slack when checking "reached vanilla's final gap"
+optex_variant = None  # "project" (default) | "official_jax": the official JAX code's GP settings
 (_names_before_papermill := set(globals()));  # not a parameter: lets unknown -p names be rejected
 
 # %%
@@ -96,7 +98,8 @@ from paso_core.experiments import optex
 NOTEBOOK_START = time.perf_counter()
 values = dict(functions=functions, dim=dim, steps=steps, nproc=nproc, lr=lr, seeds=seeds,
               threshold=threshold, ema_decay=ema_decay, rosenbrock_lr=rosenbrock_lr,
-              rosenbrock_clip=rosenbrock_clip, history=history, tune_every=tune_every, reach_rtol=reach_rtol)
+              rosenbrock_clip=rosenbrock_clip, history=history, tune_every=tune_every, reach_rtol=reach_rtol,
+              optex_variant=optex_variant)
 # Every planned run is validated here, before any training: bad input stops this cell with the reason.
 plan = optex.prepare(values, scale)
 settings = plan.params

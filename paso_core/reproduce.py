@@ -25,12 +25,12 @@ from typing import Callable
 
 from .claims import claims_markdown
 from .provenance import repo_relative
-from .runs import REUSE_ENV, REUSE_LOG_ENV, artifacts_root
+from .runs import REUSE_ENV, REUSE_LOG_ENV, REUSE_SINCE_ENV, artifacts_root
 
 REPO = Path(__file__).resolve().parent.parent
 #: ``explore`` last: it shows the runs the others recorded (a static view when executed here)
-NOTEBOOKS = ("optex_comparison", "cifar_paso", "wikitext_paso", "parallel_strategies", "pipeoptim_curves",
-             "qsr_local_sgd", "explore")
+NOTEBOOKS = ("optex_comparison", "optex_ablation", "cifar_paso", "wikitext_paso", "parallel_strategies",
+             "pipeoptim_curves", "qsr_local_sgd", "explore")
 SCALES = ("smoke", "default", "paper")
 
 # benchmark command lines per scale (paper scale uses the scripts' own defaults)
@@ -63,17 +63,28 @@ class JobResult:
     seconds: float
     detail: str
     reused: int = 0  # finished runs of the same config it reused instead of running
+    reused_earlier: int = 0  # of those, runs that finished before this reproduce-all started
 
 
-def counting_reuse(job: Callable[[], JobResult], log: Path) -> JobResult:
-    """Run ``job`` with the launches' reuse log pointed at ``log``, and record how many runs it reused."""
+def _finished_before(run_dir: Path, since: float) -> bool:
+    summary = run_dir / "summary.json"
+    return not summary.exists() or summary.stat().st_mtime < since
+
+
+def counting_reuse(job: Callable[[], JobResult], log: Path, since: float | None = None) -> JobResult:
+    """Run ``job`` with the launches' reuse log pointed at ``log``, and record how many runs it
+    reused, and how many of them finished before ``since`` (a run an earlier job of the same
+    reproduce-all made, e.g. the OptEx comparison's run that the ablation shares, is as fresh
+    as running it again: its time was measured in this invocation)."""
     log.unlink(missing_ok=True)
     os.environ[REUSE_LOG_ENV] = str(log)
     try:
         result = job()
     finally:
         os.environ.pop(REUSE_LOG_ENV, None)
-    result.reused = len(log.read_text().splitlines()) if log.exists() else 0
+    paths = [Path(line) for line in log.read_text().splitlines()] if log.exists() else []
+    result.reused = len(paths)
+    result.reused_earlier = len(paths) if since is None else sum(_finished_before(p, since) for p in paths)
     log.unlink(missing_ok=True)
     return result
 
@@ -210,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=None,
                         help=f"jobs to run (default all): {', '.join(NOTEBOOKS + tuple(BENCHMARKS))}")
     parser.add_argument("--force", action="store_true",
-                        help="rerun every run (default: reuse finished runs whose config is the same)")
+                        help="rerun every run made before this invocation (default: reuse finished runs "
+                             "whose config and code are the same)")
     args = parser.parse_args(argv)
     root = artifacts_root()
     root.mkdir(parents=True, exist_ok=True)
@@ -218,26 +230,28 @@ def main(argv: list[str] | None = None) -> int:
     unknown = wanted - set(NOTEBOOKS) - set(BENCHMARKS)
     if unknown:
         parser.error(f"unknown job(s) {sorted(unknown)}; choose from {', '.join(NOTEBOOKS + tuple(BENCHMARKS))}")
-    if args.force:
-        os.environ.pop(REUSE_ENV, None)
+    started = time.time()
+    os.environ[REUSE_ENV] = "1"  # inherited by the notebooks' kernels and the benchmarks
+    if args.force:  # rerun everything, but jobs still share the runs made in this invocation
+        os.environ[REUSE_SINCE_ENV] = repr(started)
     else:
-        os.environ[REUSE_ENV] = "1"  # inherited by the notebooks' kernels and the benchmarks
+        os.environ.pop(REUSE_SINCE_ENV, None)
     reuse_log = root / ".reused_runs"
     jobs: list[JobResult] = []
     if "engine_canary" in wanted:
         print("[reproduce] engine canary (every method's first step vs serial) ...", flush=True)
-        jobs.append(counting_reuse(lambda: run_benchmark("engine_canary", args.scale, root), reuse_log))
+        jobs.append(counting_reuse(lambda: run_benchmark("engine_canary", args.scale, root), reuse_log, started))
         print(f"[reproduce]   {'ok' if jobs[-1].ok else 'FAILED'} in {jobs[-1].seconds:.0f}s", flush=True)
     for name in NOTEBOOKS:
         if name in wanted:
             print(f"[reproduce] notebook {name} (scale={args.scale}) ...", flush=True)
-            jobs.append(counting_reuse(lambda: run_notebook(name, args.scale, root / "notebooks"), reuse_log))
+            jobs.append(counting_reuse(lambda: run_notebook(name, args.scale, root / "notebooks"), reuse_log, started))
             print(f"[reproduce]   {'ok' if jobs[-1].ok else 'FAILED'} in {jobs[-1].seconds:.0f}s"
                   f" ({jobs[-1].reused} run(s) reused)", flush=True)
     for name in BENCHMARKS:
         if name in wanted and name != "engine_canary":
             print(f"[reproduce] benchmark {name} ...", flush=True)
-            jobs.append(counting_reuse(lambda: run_benchmark(name, args.scale, root), reuse_log))
+            jobs.append(counting_reuse(lambda: run_benchmark(name, args.scale, root), reuse_log, started))
             print(f"[reproduce]   {'ok' if jobs[-1].ok else 'FAILED'} in {jobs[-1].seconds:.0f}s"
                   f" ({jobs[-1].reused} run(s) reused)", flush=True)
     index = write_index(root, args.scale, jobs)
@@ -245,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     if root.resolve() == (REPO / "artifacts").resolve() and update_readme_claims(REPO / "README.md", root):
         print("[reproduce] README.md: claims map updated from the artifacts")
     if (root.resolve() == (REPO / "artifacts").resolve() and args.scale == "default"
-            and all(job.reused == 0 for job in jobs) and update_readme_times(REPO / "README.md", root)):
-        print("[reproduce] README.md: job times updated from this run")  # fresh runs only: reuse is faster
+            and all(job.reused_earlier == 0 for job in jobs) and update_readme_times(REPO / "README.md", root)):
+        print("[reproduce] README.md: job times updated from this run")  # runs of this invocation only
     for job in jobs:
         if not job.ok:
             print(f"[reproduce] {job.name} FAILED:\n{job.detail}", file=sys.stderr)

@@ -62,6 +62,9 @@ def run_dir_for(cfg: RunConfig) -> Path:
 REUSE_ENV = "PASO_REUSE_RUNS"
 #: A file each reuse appends the reused run directories to (how the reproduce-all counts them).
 REUSE_LOG_ENV = "PASO_REUSE_LOG"
+#: Epoch seconds: reuse only runs that finished after it (``--force``: runs an earlier job of
+#: the same reproduce-all made are shared, older ones are run again).
+REUSE_SINCE_ENV = "PASO_REUSE_SINCE"
 #: Options that do not change a run's results (display, bookkeeping, where it is written).
 RESULT_NEUTRAL = ("progress", "out_dir", "run_name", "checkpoint_every", "mirror")
 
@@ -114,7 +117,9 @@ def reusable_run(cfg: RunConfig) -> Path | None:
         return all(a.get(k) == b.get(k) for k in keys)
 
     finished = summary.get("status") == "completed" and (path / "metrics.csv").exists()
-    return path if finished and same(recorded, wanted) else None
+    since = float(os.environ.get(REUSE_SINCE_ENV) or "-inf")
+    recent = (path / "summary.json").stat().st_mtime >= since
+    return path if finished and recent and same(recorded, wanted) else None
 
 
 def read_metrics(path: Path) -> "pd.DataFrame":

@@ -7,15 +7,17 @@ import ast
 import fnmatch
 import importlib
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from paso_core import claims, report
-from paso_core.experiments import cifar, optex, qsr, wikitext
+from paso_core.experiments import cifar, optex, optex_ablation, qsr, wikitext
 from paso_core.provenance import REPO
 from paso_core.reproduce import SCALES
+from paso_core.runs import RunResult
 
 BY_ID = {c.id: c for c in claims.CLAIMS}
 
@@ -223,6 +225,35 @@ def test_optex_speedup_per_worker(tmp_path: Path, speedup: float, verdict: str) 
     _save(tmp_path, optex.TABLE_NAME, pd.DataFrame(rows),
           {"scale": "default", "dim": 2000, "steps": 300, "nproc": 4, "seeds": [0, 1], "functions": ["ackley"]})
     assert _verdict("optex-speedup", tmp_path)["verdict"] == verdict  # N=4 here: half the paper's 8
+
+
+@pytest.mark.parametrize("gap, verdict", [(2.3, "reproduced (as log10)"), (0.41, "reproduced"), (1.0, "differs")])
+def test_optex_gap_is_judged_directly_and_as_a_log10(tmp_path: Path, gap: float, verdict: str) -> None:
+    params = optex_ablation.resolve_params({}, "default")
+    runs = [RunResult(Path("/fake"), {"final_gap": gap}, pd.DataFrame(), {"seed": 0})]
+    check = optex_ablation.log10_check({("log10_check", "ackley"): {"vanilla": runs}}, params)
+    _save(tmp_path, optex_ablation.LOG10_NAME, check, params)
+    _seed_reference(tmp_path, 90)
+    rows = [{"function": "ackley", "method": label, "source": optex.MEASURED_SOURCE, "final_gap_mean": 2.0}
+            for label in optex.METHOD_LABELS.values()]
+    _save(tmp_path, optex.TABLE_NAME, pd.DataFrame(rows), {"scale": "default", "dim": 2000, "steps": 300, "nproc": 4})
+    row = _verdict("optex-gap", tmp_path)
+    assert row["verdict"] == verdict
+    assert f"its log10 {math.log10(gap):.3f}" in row["why"] and "d=10000, T=1000" in row["why"]
+
+
+@pytest.mark.parametrize("stale_dex, verdict", [(0.0, "differs"), (0.5, "reproduced")])
+def test_optex_estimate_is_judged_at_the_benchmark_setting(tmp_path: Path, stale_dex: float, verdict: str) -> None:
+    def row(setting: str, stale: float, matters: str) -> dict:
+        return {"setting": setting, "function": "ackley", "estimate matters": matters, "gp_dex": 0.0, "stale_dex": stale}
+
+    table = pd.DataFrame([row("adam_paper_lr", stale_dex, "yes" if stale_dex else "no"),
+                          row("adam_10x_lr", 4.3, "yes"), row("sgd", 0.0, "marginally")])
+    _save(tmp_path, optex_ablation.VERDICT_NAME, table, optex_ablation.resolve_params({}, "default"))
+    out = _verdict("optex-estimate", tmp_path)
+    assert out["verdict"] == verdict and out["ours"] == f"ackley: stale - GP {stale_dex:+.3f} dex"
+    assert "adam_10x_lr ackley (stale - GP 4.30 dex)" in out["why"]
+    assert "sgd ackley (marginally: stale - GP 0.00 dex)" in out["why"] and "d=2000, T=300, N=4" in out["why"]
 
 
 # =========================================================================== missing and broken

@@ -238,6 +238,13 @@ def test_max_norm_normalisation_uses_largest_row_norm() -> None:
     assert KernelGradientEstimator(normalization="none").fit((x, x)).scale == 1.0
 
 
+def test_mean_sqrt_norm_normalisation_is_the_official_jax_factor() -> None:
+    """Row norms 5, 1, 4: the divisor is (sqrt 5 + 1 + 2) / 3, not a max or a plain mean."""
+    x = torch.tensor([[3.0, 4.0], [0.0, 1.0], [4.0, 0.0]], dtype=F64)
+    est = KernelGradientEstimator(normalization="mean_sqrt_norm").fit((x, x))
+    assert est.scale == pytest.approx((5.0 ** 0.5 + 1.0 + 2.0) / 3.0)
+
+
 @pytest.mark.parametrize("method", ["loo", "last"])
 def test_lengthscale_tuning_recovers_known_scale(method: str) -> None:
     """g(x) = cos(x / c) varies on scale c: the tuned raw length scale tracks c."""

@@ -16,8 +16,7 @@ from paso_core.notebook_files import CHECK_CELL, PARAMETER_SNAPSHOT, SNAPSHOT_LI
 nbformat = pytest.importorskip("nbformat")
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ["cifar_paso", "wikitext_paso", "optex_comparison", "parallel_strategies", "pipeoptim_curves",
-             "qsr_local_sgd", "explore"]
+NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb"))
 
 
 def _after_parameters_cell(namespace: dict) -> dict:

@@ -16,6 +16,7 @@ import torch
 import paso_core
 from paso_core import ConfigError, RunConfig, report, validate
 from paso_core.methods.optex import (
+    OFFICIAL_JAX,
     OptexCore,
     active_workers,
     iterations_needed,
@@ -142,6 +143,44 @@ def test_gp_proxy_tracks_vanilla_on_a_smooth_problem() -> None:
     assert ours < start and abs(ours - vanilla) / (start - vanilla) < 0.05
 
 
+def test_stale_proxy_holds_the_last_true_gradient_for_every_proxy_step() -> None:
+    spec = OptimSpec(name="adam", lr=1e-2, steps=12)
+    x0, grad = _uniform(20, seed=7), _grad_fn("ackley")
+    core = OptexCore(spec, 4, x0, history=8, lengthscale=1.0, noise=1e-3, tune_every=0, proxy="stale")
+    first = simulate_iteration(core, grad, 12)
+    assert first["proxy"] == "bootstrap"  # no history yet: worker 0's gradient at x, as for the GP
+    core.prepare(4)
+    assert core.proxy_kind == "stale"
+    roll = core.rollout(4, keep_estimates=range(3))
+    last = core.history.gradients()[-1]
+    for j in range(3):
+        torch.testing.assert_close(roll.estimates[j], last, rtol=0, atol=0)
+
+
+def test_zero_proxy_under_plain_sgd_is_vanilla_sgd_with_one_step_per_iteration() -> None:
+    """SGD does not move on a zero gradient, so every worker evaluates the kept iterate and
+    each iteration is exactly one vanilla SGD step: K = T/N iterations do K steps' work."""
+    steps, workers = 12, 3
+    spec = OptimSpec(name="sgd", lr=0.05, steps=steps)
+    x0, grad = _uniform(15, seed=8), _grad_fn("sphere")
+    core, records = simulate(spec, x0, grad, steps, workers, history=6, proxy="zero")
+    assert [r["proxy"] for r in records] == ["zero"] * (steps // workers)
+    assert {r["grad_est_cosine"] for r in records} == {1.0}  # a zero vector is as far from g as can be
+    torch.testing.assert_close(core.x, _vanilla(spec, x0, grad, steps // workers), rtol=0, atol=0)
+
+
+def test_official_jax_settings_zero_start_fixed_lengthscale_mean_sqrt_norm() -> None:
+    spec = OptimSpec(name="adam", lr=1e-2, steps=30)
+    x0, grad = _uniform(25, seed=9), _grad_fn("ackley")
+    core, records = simulate(spec, x0, grad, 30, workers=3, **OFFICIAL_JAX)
+    assert [r["proxy"] for r in records] == ["zero"] + ["gp"] * 9  # no bootstrap gradient, then the GP
+    assert core.book.tunes == 0 and core.lengthscale == 0.1 and core.history.capacity == 50
+    assert core.estimator.normalization == "mean_sqrt_norm"
+    xs = core.history.points().double()
+    core.estimator.fit(core.history)  # the last fit saw the history before the last iteration's pairs
+    assert core.estimator.scale == pytest.approx(float(xs.norm(dim=1).sqrt().mean()))
+
+
 def test_checkpoint_round_trip_continues_identically() -> None:
     spec = OptimSpec(name="adam", lr=1e-2, steps=24)
     x0, grad = _uniform(30, seed=6), _grad_fn("ackley")
@@ -187,6 +226,23 @@ def test_optex_end_to_end_matches_single_process_reference(tmp_path: Path, monke
     assert m["train_loss"].tolist() == pytest.approx([r["train_loss"] for r in records], rel=1e-5)
 
 
+def test_optex_official_jax_settings_under_torchrun_match_the_reference(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proxy options reach every rank: a zero first estimate (no broadcast), the fixed
+    length scale and the official input scaling give the single-process trajectory."""
+    monkeypatch.setenv("PASO_ARTIFACTS", str(tmp_path))
+    opts = dict(function="ackley", dim=48, steps=8, P=2, lr=1e-2, seed=4, progress=False, **OFFICIAL_JAX)
+    result = paso_core.run(method="optex", task="synthetic", **opts)
+    m, s = result.metrics, result.summary
+    assert m["proxy"].tolist() == ["zero", "gp", "gp", "gp"] and s["lengthscale_tunes"] == 0
+    assert (s["proxy"], s["first_proxy"], s["normalization"]) == ("gp", "zero", "mean_sqrt_norm")
+    assert s["bytes_sent_per_rank"][0] == s["bytes_sent_per_rank"][1]  # no bootstrap broadcast from rank 0
+    cfg = validate(RunConfig.from_dict(dict(method="optex", **opts)))
+    x0 = SyntheticTask(cfg, torch.device("cpu")).build_model().x.detach()
+    core, _ = simulate(OptimSpec.from_config(cfg), x0, _grad_fn("ackley"), 8, 2, **OFFICIAL_JAX)
+    torch.testing.assert_close(torch.load(result.path / "final.pt")["x"], core.x, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("options,match", [
     ({"function": "nope"}, "function='nope'"),
     ({"history": 1}, "history=1"),
@@ -196,6 +252,9 @@ def test_optex_end_to_end_matches_single_process_reference(tmp_path: Path, monke
     ({"noise": 0.0}, "noise=0.0"),
     ({"noise": float("nan")}, "noise=nan"),
     ({"tune_every": -1}, "tune_every=-1"),
+    ({"proxy": "exact"}, "proxy='exact' is not valid; choose one of: gp, stale, zero"),
+    ({"first_proxy": "ones"}, "first_proxy='ones' is not valid; choose one of: true_grad, zero"),
+    ({"normalization": "rows"}, "normalization='rows' is not valid; choose one of: spread, max_norm"),
     ({"nproc": 3}, "nproc"),
     ({"P": 20, "nproc": 20}, "P=20 is larger than steps=10"),
     ({"bogus": 1}, "unknown option"),

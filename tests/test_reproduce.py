@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from paso_core import reproduce
 from paso_core.config import RunConfig
 from paso_core.launch import launch
 from paso_core.provenance import REPO, repo_relative
-from paso_core.runs import CODE_DIGEST_FILE, REUSE_ENV, REUSE_LOG_ENV
+from paso_core.runs import CODE_DIGEST_FILE, REUSE_ENV, REUSE_LOG_ENV, REUSE_SINCE_ENV
 
 
 def test_index_lists_figures_tables_and_failures(tmp_path) -> None:
@@ -91,6 +93,36 @@ def test_a_finished_run_of_the_same_config_and_code_is_reused(tmp_path, monkeypa
     launch(RunConfig.from_dict(dict(options, lr=0.05)))
     assert (first.path / "metrics.csv").stat().st_mtime_ns != stamp
     assert len((tmp_path / "reused.log").read_text().split()) == 1
+    # --force: only runs finished since the reproduce-all started are shared between its jobs
+    monkeypatch.setenv(REUSE_ENV, "1")
+    finished = (first.path / "summary.json").stat().st_mtime
+    monkeypatch.setenv(REUSE_SINCE_ENV, repr(finished - 60))
+    assert launch(RunConfig.from_dict(dict(options, lr=0.05))).path == first.path
+    assert len((tmp_path / "reused.log").read_text().split()) == 2
+    monkeypatch.setenv(REUSE_SINCE_ENV, repr(finished + 60))
+    stamp = (first.path / "metrics.csv").stat().st_mtime_ns
+    launch(RunConfig.from_dict(dict(options, lr=0.05)))
+    assert (first.path / "metrics.csv").stat().st_mtime_ns != stamp
+    assert len((tmp_path / "reused.log").read_text().split()) == 2
+
+
+def test_only_runs_from_before_the_invocation_count_as_reused_earlier(tmp_path) -> None:
+    """A job that reuses a run an earlier job of the same invocation made is still timed fresh."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    for run in (old, new):
+        run.mkdir()
+        (run / "summary.json").write_text("{}")
+    since = (old / "summary.json").stat().st_mtime + 1
+    os.utime(new / "summary.json", (since + 1, since + 1))
+
+    def job() -> reproduce.JobResult:
+        with open(os.environ[REUSE_LOG_ENV], "a") as log:
+            log.write(f"{old}\n{new}\n")
+        return reproduce.JobResult("optex_ablation", True, 3, "notebooks/optex_ablation.ipynb")
+
+    result = reproduce.counting_reuse(job, tmp_path / "reused", since)
+    assert (result.reused, result.reused_earlier) == (2, 1)
+    assert reproduce.counting_reuse(job, tmp_path / "reused").reused_earlier == 2  # no start time: all earlier
 
 
 def test_executed_notebooks_are_rendered_without_input_and_with_relative_paths(tmp_path) -> None:
@@ -124,10 +156,10 @@ def test_the_readme_claims_map_is_the_one_computed_from_the_artifacts(tmp_path) 
     block = readme.split(reproduce.CLAIMS_START, 1)[1].split(reproduce.CLAIMS_END, 1)[0]
     assert block.strip() == claims_markdown(artifacts).strip(), "run make artifacts (or reproduce.update_readme_claims)"
     copy = tmp_path / "README.md"
-    copy.write_text(f"intro\n{reproduce.CLAIMS_START}\nstale\n{reproduce.CLAIMS_END}\nrest\n")
+    copy.write_text(f"intro\n{reproduce.CLAIMS_START}\nOLD-BLOCK\n{reproduce.CLAIMS_END}\nrest\n")
     assert reproduce.update_readme_claims(copy, artifacts)
     text = copy.read_text()
-    assert "stale" not in text and text.startswith("intro\n") and text.endswith("rest\n") and "| seed |" in text
+    assert "OLD-BLOCK" not in text and text.startswith("intro\n") and text.endswith("rest\n") and "| seed |" in text
 
 
 def test_saved_tables_record_paths_relative_to_the_checkout(tmp_path) -> None:

@@ -121,16 +121,9 @@ def resolve_params(values: Mapping[str, Any], scale: str | None = None) -> dict[
     ``-p``) override the preset; list parameters also accept comma-separated strings.
     Scalar values are *not* coerced: ``P="7"`` stays a string so that validation names it.
     """
-    unknown = sorted(set(values) - set(PARAMETERS))
-    if unknown:
-        raise ConfigError(f"unknown parameter(s) {unknown}; the notebook's parameters are: "
-                          f"{', '.join(PARAMETERS)}, scale")
+    common.check_known(values, PARAMETERS)
     params = report.resolve_parameters({k: values.get(k) for k in PARAMETERS}, PRESETS, scale=scale)
-    params["seeds"] = report.parse_list("seeds", params["seeds"], int)
-    if not params["seeds"]:
-        raise ConfigError("seeds is empty; give at least one seed, e.g. [0]")
-    if len(set(params["seeds"])) != len(params["seeds"]):
-        raise ConfigError(f"seeds={params['seeds']} repeats a seed; give distinct seeds")
+    params["seeds"] = common.seed_list("seeds", params["seeds"])
     params["sweep_thresholds"] = report.parse_list("sweep_thresholds", params["sweep_thresholds"], float)
     params["sweep_ema_decays"] = report.parse_list("sweep_ema_decays", params["sweep_ema_decays"], float)
     n = params["sweep_n_seeds"]

@@ -163,6 +163,28 @@ def names(name: str, value: Any, valid: Sequence[str]) -> list[str]:
 
 
 
+def check_known(values: Mapping[str, Any], parameters: Sequence[str]) -> None:
+    """A notebook's values name only its parameters (and ``scale``), else the error lists them."""
+    unknown = sorted(set(values) - set(parameters) - {"scale"})
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {unknown}; the notebook's parameters are: "
+                          f"{', '.join(parameters)}, scale")
+
+
+def seed_list(name: str, value: Any) -> list[int]:
+    """Distinct seeds >= 0 from a list, one int, or a comma-separated string (``-p seeds 0,1``)."""
+    from .. import report
+
+    seeds = report.parse_list(name, value, int)
+    if any(seed < 0 for seed in seeds):
+        raise ConfigError(f"{name}={value!r} is not valid; give a list of integers >= 0, e.g. [0, 1]")
+    if not seeds:
+        raise ConfigError(f"{name}={value!r} is empty; give at least one seed, e.g. [0]")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{name}={seeds} repeats a seed; give distinct seeds")
+    return seeds
+
+
 def paso_workers(params: Mapping[str, Any]) -> int:
     """PASO's worker count in a study: ``paso_nproc`` if given, else the most workers not above
     ``nproc`` (the devices the study may use) that divide ``P``, each holding ``P / n``

@@ -139,16 +139,6 @@ TABLE2_MD_COLUMNS = ("method", "source", "seeds", "PPL", "PPL std", "iterations"
 
 
 # =========================================================================== parameters
-def _as_int_list(name: str, value: Any) -> list[int]:
-    """Seeds from a list, one int, or a comma-separated string (``papermill -p seeds 0,1``)."""
-    seeds = report.parse_list(name, value, int)
-    if any(seed < 0 for seed in seeds):
-        raise ConfigError(f"{name}={value!r} is not valid; give a list of integers >= 0, e.g. [0, 1]")
-    if not seeds:
-        raise ConfigError(f"{name}={value!r} is empty; give at least one seed, e.g. [0]")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"{name}={seeds} repeats a seed; give distinct seeds")
-    return seeds
 
 
 def resolve_params(values: Mapping[str, Any], scale: str | None = None) -> dict[str, Any]:
@@ -160,15 +150,12 @@ def resolve_params(values: Mapping[str, Any], scale: str | None = None) -> dict[
     ``model='local'`` (a pretrained directory), because a preset's built ``gpt2`` would
     otherwise silently ignore the weights the user pointed at.
     """
-    unknown = sorted(set(values) - set(PARAMETERS) - {"scale"})
-    if unknown:
-        raise ConfigError(f"unknown parameter(s) {unknown}; the notebook's parameters are: "
-                          f"{', '.join(PARAMETERS)}, scale")
+    common.check_known(values, PARAMETERS)
     given = {k: values.get(k) for k in PARAMETERS}
     if given["model_dir"] is not None and given["model"] is None:
         given["model"] = "local"
     params = report.resolve_parameters(given, PRESETS, scale=scale or values.get("scale"))
-    params["seeds"] = _as_int_list("seeds", params["seeds"])
+    params["seeds"] = common.seed_list("seeds", params["seeds"])
     if params["model"] not in TEXT_MODELS:
         raise ConfigError(f"model={params['model']!r} is not valid; choose one of: {', '.join(TEXT_MODELS)}")
     if params["dataset"] not in TEXT_DATASETS:

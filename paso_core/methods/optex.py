@@ -26,7 +26,13 @@ iteration, so a replica that drifted (non-deterministic kernels) stops the run l
 Bootstrap: the very first iteration has no history to fit. Worker 0's true gradient at
 ``x^(0)`` (which it computes anyway) is broadcast first and used as a constant proxy
 gradient ("last true gradient"); with a single history pair the same rule applies; from
-two pairs on the GP mean is used.
+two pairs on the GP mean is used. ``first_proxy="zero"`` instead starts with a zero
+estimate, as the official JAX code does (no broadcast, no sequential gradient).
+
+Ablations (``proxy``): ``stale`` holds the last true gradient for all ``N-1`` proxy
+steps, ``zero`` feeds zeros (the optimizer's momentum alone moves the proxy points). With
+Adam both can come close to the GP estimate, because the normalised momentum step barely
+depends on the newest gradient; ``notebooks/optex_ablation`` measures where it matters.
 
 Memory per rank: history ``2·T0·d`` (+ the fitted GP's ``2·T0·d`` float64 copy), the
 ``N`` rollout points and gathered gradients ``2·N·d``, and two optimizer states — the
@@ -45,7 +51,7 @@ import torch
 
 from ..config import RunConfig, check_window
 from ..context import WorkerContext
-from ..optim.kernel_gradient import GradientHistory, KernelGradientEstimator, cosine_distance
+from ..optim.kernel_gradient import NORMALIZATIONS, GradientHistory, KernelGradientEstimator, cosine_distance
 from ..optim.updates import OptimSpec, clip_flat_, functional_step, init_state, lr_at
 from ..options import MethodOptions, check_int, check_number, option
 from ..parallel import ParallelDims
@@ -54,6 +60,13 @@ from . import MethodSpec, register
 from .common import FlatParams, eval_columns, final_report, loss_and_grad, should_eval
 
 State = dict[str, torch.Tensor]
+#: What drives the proxy steps. ``stale`` and ``zero`` are ablations: they show how much of
+#: OptEx's speed-up comes from the kernel estimate rather than from the optimizer's own state.
+PROXIES = ("gp", "stale", "zero")
+PROXY_WORDS = {"gp": "GP-mean gradient", "stale": "last true gradient, held", "zero": "zero gradient"}
+FIRST_PROXIES = ("true_grad", "zero")
+#: The official OptEx JAX code's settings (``docs/optex.md``), as options of this method.
+OFFICIAL_JAX = dict(history=50, lengthscale=0.1, tune_every=0, normalization="mean_sqrt_norm", first_proxy="zero")
 GradientFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, float]]
 
 
@@ -66,6 +79,12 @@ class OptexOptions(MethodOptions):
     lengthscale: float = option(1.0, "initial Matern 5/2 length scale (normalised)")
     noise: float = option(1e-3, "GP observation noise")
     tune_every: int = option(10, "re-tune the length scale every this many iterations (0: never)")
+    proxy: str = option("gp", "gradient driving the N-1 proxy steps: gp (the kernel estimate), stale (the last "
+                        "true gradient, held), zero (an ablation: only the optimizer state moves)", PROXIES)
+    first_proxy: str = option("true_grad", "proxy of the first iteration, before any history: true_grad "
+                              "(worker 0's gradient, broadcast) or zero (the official JAX code)", FIRST_PROXIES)
+    normalization: str = option("spread", "GP input scaling: spread (max distance to the history mean), "
+                                "max_norm, mean_sqrt_norm (the official JAX code), none", NORMALIZATIONS)
 
     def check(self, cfg: RunConfig) -> None:
         super().check(cfg)
@@ -146,12 +165,15 @@ class OptexCore:
     """
 
     def __init__(self, spec: OptimSpec, workers: int, x0: torch.Tensor, history: int,
-                 lengthscale: float, noise: float, tune_every: int) -> None:
+                 lengthscale: float, noise: float, tune_every: int, proxy: str = "gp",
+                 first_proxy: str = "true_grad", normalization: str = "spread") -> None:
         self.spec, self.N, self.tune_every = spec, workers, tune_every
+        self.proxy, self.first_proxy = proxy, first_proxy
         self.x = x0.detach().clone()
         self.state = init_state(spec, self.x)
         self.history = GradientHistory(history, self.x.numel(), dtype=self.x.dtype, device=self.x.device)
-        self.estimator = KernelGradientEstimator(lengthscale=lengthscale, noise=noise)
+        self.estimator = KernelGradientEstimator(lengthscale=lengthscale, noise=noise,
+                                                 normalization=normalization)  # type: ignore[arg-type]
         self.book = Bookkeeping()
         self.proxy_kind = "none"
 
@@ -161,8 +183,14 @@ class OptexCore:
         self.proxy_kind = "none"
         if n < 2:
             return  # no proxy step this iteration
-        if len(self.history) < 2:
-            self.proxy_kind = "last_grad" if len(self.history) == 1 else "bootstrap"
+        if self.proxy == "zero" or (not len(self.history) and self.first_proxy == "zero"):
+            self.proxy_kind = "zero"
+            return
+        if not len(self.history):
+            self.proxy_kind = "bootstrap"
+            return
+        if self.proxy == "stale" or len(self.history) == 1:
+            self.proxy_kind = "stale" if self.proxy == "stale" else "last_grad"
             return
         due = self.tune_every > 0 and (self.book.tunes == 0 or
                                        self.book.iterations - self.book.last_tune_iteration >= self.tune_every)
@@ -188,13 +216,13 @@ class OptexCore:
             estimate = override
         elif self.proxy_kind == "gp":
             estimate = self.estimator.predict
-        elif self.proxy_kind in ("last_grad", "bootstrap"):
+        elif self.proxy_kind in ("last_grad", "stale", "bootstrap"):
             const = bootstrap_grad if self.proxy_kind == "bootstrap" else self.history.gradients()[-1]
             if const is None:
                 raise RuntimeError("the first OptEx iteration needs worker 0's gradient (bootstrap)")
             estimate = lambda _x: const  # noqa: E731 - constant proxy gradient
         else:
-            estimate = lambda x: torch.zeros_like(x)  # noqa: E731 - n == 1: never called
+            estimate = lambda x: torch.zeros_like(x)  # noqa: E731 - "zero", or n == 1: never called
         return proxy_rollout(self.spec, self.book.steps_done, self.x, self.state, estimate, n - 1,
                              keep_states=(n - 1,), keep_estimates=keep_estimates, clip=override is None)
 
@@ -282,14 +310,15 @@ def simulate_iteration(core: OptexCore, grad_fn: GradientFn, steps: int,
 
 def simulate(spec: OptimSpec, x0: torch.Tensor, grad_fn: GradientFn, steps: int, workers: int,
              history: int = 20, lengthscale: float = 1.0, noise: float = 1e-3, tune_every: int = 10,
-             exact_proxy: bool = False) -> tuple[OptexCore, list[dict[str, float]]]:
+             exact_proxy: bool = False, **proxy_options: str) -> tuple[OptexCore, list[dict[str, float]]]:
     """Single-process OptEx with the same arithmetic as the distributed method.
 
-    ``grad_fn(x, step) -> (clipped flat gradient, loss)``. Returns the final core (its
-    ``x``, ``state``, ``book``) and one record per iteration. It is the reference the
-    torchrun method is tested against, and a way to study the algorithm without processes.
+    ``grad_fn(x, step) -> (clipped flat gradient, loss)``; ``proxy_options`` are
+    :class:`OptexCore`'s ``proxy``, ``first_proxy`` and ``normalization``. Returns the final
+    core (its ``x``, ``state``, ``book``) and one record per iteration. It is the reference
+    the torchrun method is tested against, and a way to study the algorithm without processes.
     """
-    core = OptexCore(spec, workers, x0, history, lengthscale, noise, tune_every)
+    core = OptexCore(spec, workers, x0, history, lengthscale, noise, tune_every, **proxy_options)
     records = []
     while core.book.steps_done < steps:
         records.append(simulate_iteration(core, grad_fn, steps, exact_proxy))
@@ -311,7 +340,8 @@ class OptexWorker:
         self.grads = torch.zeros(self.N, self.params.numel(), dtype=self.params.dtype, device=self.params.device)
         opts: OptexOptions = ctx.options
         self.core = OptexCore(self.spec, self.N, self.params, opts.history, opts.lengthscale, opts.noise,
-                              opts.tune_every)
+                              opts.tune_every, proxy=opts.proxy, first_proxy=opts.first_proxy,
+                              normalization=opts.normalization)
 
     def true_gradient(self, x: torch.Tensor, step: int) -> tuple[float, float]:
         """Loss and clipped gradient (into ``self.grad``) at ``x`` on the batch of ``step``."""
@@ -392,8 +422,9 @@ def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
         ctx.log.info("resumed at step %d (iteration %d)", core.book.steps_done, core.book.iterations)
     ctx.open_metrics(keep_rows=checkpoint["metrics_rows"] if checkpoint and ctx.is_main else None)
     opts = ctx.options
-    ctx.log.info("OptEx: N=%d T0=%d lengthscale=%g noise=%g tune_every=%d", worker.N, opts.history,
-                 opts.lengthscale, opts.noise, opts.tune_every)
+    ctx.log.info("OptEx: N=%d T0=%d lengthscale=%g noise=%g tune_every=%d proxy=%s first_proxy=%s "
+                 "normalization=%s", worker.N, opts.history, opts.lengthscale, opts.noise, opts.tune_every,
+                 opts.proxy, opts.first_proxy, opts.normalization)
     totals = {"time_compute_s": 0.0, "time_comm_s": 0.0, "time_proxy_s": 0.0}
     cosines: list[float] = []
     while core.book.steps_done < T:
@@ -421,7 +452,8 @@ def train(ctx: WorkerContext, task: Task) -> dict[str, Any]:
         "lengthscale_tunes": book.tunes,
         "grad_est_cosine_mean": statistics.fmean(cosines) if cosines else float("nan"),
         **{f"{k}_total": v for k, v in totals.items()},
-        "variant": "algorithm (proxy rollout with GP-mean gradients), not the public PyTorch port",
+        "proxy": opts.proxy, "first_proxy": opts.first_proxy, "normalization": opts.normalization,
+        "variant": f"algorithm (proxy rollout driven by the {PROXY_WORDS[opts.proxy]}), not the public PyTorch port",
     })
     return summary
 

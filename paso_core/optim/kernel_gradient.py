@@ -22,9 +22,12 @@ thereby maps different points onto the unit sphere):
 * ``"spread"`` (default): divide by ``max_j ‖x_j - x̄‖``. Translation invariant: the
   length scale is measured relative to the extent of the history, so one grid
   (1e-2 … 1e2) fits every problem whatever its distance to the origin.
-* ``"max_norm"``: divide by ``max_j ‖x_j‖``, the common norm factor of the official JAX
-  code. The same ``ℓ`` then means a different raw distance depending on how far the
-  iterates are from the origin (a trajectory of small steps far from 0 needs a small ℓ).
+* ``"max_norm"``: divide by ``max_j ‖x_j‖``, a common norm factor. The same ``ℓ`` then
+  means a different raw distance depending on how far the iterates are from the origin
+  (a trajectory of small steps far from 0 needs a small ℓ).
+* ``"mean_sqrt_norm"``: divide by ``mean_j √‖x_j‖``, the official OptEx JAX code's
+  factor (used with its fixed ``ℓ = 0.1``); like ``"max_norm"`` it depends on the
+  distance to the origin, but grows only with its square root.
 * ``"none"``: raw coordinates; ``ℓ`` is in the units of ``x``.
 
 ``KernelGradientEstimator.effective_lengthscale`` reports ``ℓ × scale``, the length
@@ -42,13 +45,15 @@ from torch import Tensor
 
 __all__ = [
     "DEFAULT_LENGTHSCALE_GRID",
+    "NORMALIZATIONS",
     "GradientHistory",
     "KernelGradientEstimator",
     "cosine_distance",
     "matern52",
 ]
 
-Normalization = Literal["spread", "max_norm", "none"]
+Normalization = Literal["spread", "max_norm", "mean_sqrt_norm", "none"]
+NORMALIZATIONS: tuple[str, ...] = ("spread", "max_norm", "mean_sqrt_norm", "none")
 TuneMethod = Literal["loo", "last"]
 
 #: 1e-2 … 1e2, four points per decade (17 values).
@@ -301,8 +306,8 @@ class KernelGradientEstimator:
             (OptEx uses ≈ 1e-3). It regularises the solve and lets the mean smooth over
             stochastic gradients; at a history point the prediction differs from the
             stored gradient by ``σ²[(K + σ²I)^{-1}G]_j``.
-        normalization: ``"spread"`` (default), ``"max_norm"`` (official JAX code) or
-            ``"none"``.
+        normalization: ``"spread"`` (default), ``"max_norm"``, ``"mean_sqrt_norm"``
+            (official JAX code) or ``"none"``.
         compute_dtype: dtype of the stored normalised inputs and weights. float64
             (default) keeps the Cholesky solve and distances accurate; float32 halves the
             O(T0·d) memory for very large ``d``.
@@ -320,8 +325,8 @@ class KernelGradientEstimator:
     ) -> None:
         self.lengthscale = _check_positive("lengthscale", lengthscale)
         self.noise = _check_positive("noise", noise)
-        if normalization not in ("spread", "max_norm", "none"):
-            raise ValueError(f"normalization must be 'spread', 'max_norm' or 'none', got {normalization!r}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}; got {normalization!r}")
         if compute_dtype not in (torch.float32, torch.float64):
             raise ValueError(f"compute_dtype must be torch.float32 or torch.float64, got {compute_dtype!r}")
         self.normalization: Normalization = normalization
@@ -385,6 +390,8 @@ class KernelGradientEstimator:
             return 1.0
         if self.normalization == "max_norm":
             s = float(x.norm(dim=1).max())
+        elif self.normalization == "mean_sqrt_norm":
+            s = float(x.norm(dim=1).sqrt().mean())
         else:
             s = float((x - x.mean(0)).norm(dim=1).max())
         return s if s > torch.finfo(x.dtype).tiny and math.isfinite(s) else 1.0
