@@ -42,12 +42,10 @@ from paso_core.options import ConfigError  # noqa: E402
 #: (methods, first good torch release, devices, why): below that release, on those devices, these
 #: engines fail to import, error, hang or compute something else.
 KNOWN_BROKEN: tuple[tuple[tuple[str, ...], tuple[int, int], tuple[str, ...], str], ...] = (
-    (("fsdp2", "fsdp2_tp"), (2, 6), ("cpu", "cuda"),
-     "FSDP2 before torch 2.6: `from torch.distributed.fsdp import fully_shard` does not exist yet (2.5 has it "
-     "only as torch.distributed._composable.fsdp), on any device"),
     (("fsdp2", "fsdp2_tp"), (2, 9), ("cpu",),
-     "FSDP2 fully_shard on CPU/gloo before torch 2.9: errors (2.6, CPU stream) or returns gradients x world "
-     "size silently (2.7-2.8, pytorch issue 162338)"),
+     "FSDP2 fully_shard on CPU/gloo before torch 2.9: stops with 'FSDP requires CUDA for streams' (2.5-2.6) "
+     "or returns gradients x world size silently (2.7-2.8, pytorch issue 162338); paso_core refuses it there "
+     "(sharding.fsdp2_cpu_problem). On CUDA, torch 2.5 runs it from torch.distributed._composable.fsdp"),
     (("pp", "model_parallel"), (2, 10), ("cpu",),
      "torch.distributed.pipelining on CPU/gloo before torch 2.10: micro-batch gradients summed (2.6), "
      "1F1B hangs (<2.8), gloo aborts (2.9.1); paso_core refuses it there (pipeline/stages.py)"),

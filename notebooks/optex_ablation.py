@@ -93,8 +93,8 @@ plan.describe()
 
 # %% [markdown]
 # ## Runs
-# One `torchrun` job per planned run, one at a time; a seed fixes the initial point that
-# every variant of a (setting, function) shares.
+# Runs with the same worker count share one `torchrun` launch (gaps are compared here, not
+# wall time); a seed fixes the initial point that every variant of a (setting, function) shares.
 
 # %%
 results = ablation.run_all(plan)

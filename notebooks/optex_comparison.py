@@ -109,8 +109,9 @@ plan.describe()
 
 # %% [markdown]
 # ## Runs
-# One run per (function, seed, method), one `torchrun` job at a time. Each seed fixes the
-# initial point, shared by the three methods. Every run directory holds `metrics.csv`,
+# One run per (function, seed, method); runs with the same worker count share one `torchrun`
+# launch (iterations are compared here, not wall time). Each seed fixes the initial point,
+# shared by the three methods. Every run directory holds `metrics.csv`,
 # `summary.json` and logs.
 
 # %%

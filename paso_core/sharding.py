@@ -33,9 +33,11 @@ TP_REFUSALS = {
            "a column split would mix q, k and v across ranks",
     "resnet18": "ResNet-18 is convolutions only: there are no Linear projections to split",
 }
-#: FSDP2 on CPU/gloo: gradients come out multiplied by the world size on these torch versions
-#: (/work/shared/notes/strategies.md; "Incorrect AVG reduction for GLOO", pytorch issue 162338).
-FSDP2_BAD_CPU_TORCH = ((2, 6), (2, 9))
+#: FSDP2 on CPU/gloo works from torch 2.9: before 2.7 it stops ("FSDP requires CUDA for
+#: streams", measured on 2.5.1 and 2.6), on 2.7-2.8 gradients come out multiplied by the world
+#: size (/work/shared/notes/strategies.md; "Incorrect AVG reduction for GLOO", pytorch issue 162338).
+FSDP2_CPU_FIXED_IN = (2, 9)
+FSDP2_CPU_STREAMS_UNTIL = (2, 7)
 
 
 def torch_release(version: str) -> tuple[int, int]:
@@ -46,12 +48,14 @@ def torch_release(version: str) -> tuple[int, int]:
 
 def fsdp2_cpu_problem(torch_version: str, device_type: str) -> str | None:
     """Why FSDP2 cannot be trusted on this torch and device (None when it can)."""
-    low, high = FSDP2_BAD_CPU_TORCH
-    if device_type == "cpu" and low <= torch_release(torch_version) < high:
-        return (f"FSDP2 (fully_shard) on CPU/gloo with torch {torch_version} returns gradients multiplied "
-                f"by the world size, silently (torch {low[0]}.{low[1]} to before {high[0]}.{high[1]}; pytorch "
-                "issue 162338); use torch >= 2.9, device='cuda', or method='ddp'/'fsdp'")
-    return None
+    release = torch_release(torch_version)
+    if device_type != "cpu" or release >= FSDP2_CPU_FIXED_IN:
+        return None
+    what = ("stops with 'FSDP requires CUDA for streams'" if release < FSDP2_CPU_STREAMS_UNTIL else
+            "returns gradients multiplied by the world size, silently (pytorch issue 162338)")
+    fixed = ".".join(map(str, FSDP2_CPU_FIXED_IN))
+    return (f"FSDP2 (fully_shard) on CPU/gloo with torch {torch_version} {what}; use torch >= {fixed}, "
+            "device='cuda', or method='ddp'/'fsdp'")
 
 
 def check_fsdp2_torch(cfg: Any) -> None:
@@ -182,9 +186,20 @@ def apply_fsdp1(model: nn.Module, units: Sequence[tuple[str, nn.Module]], device
                                     device_id=device_id)
 
 
+def fsdp2_api() -> tuple[Any, Any]:
+    """``(fully_shard, MixedPrecisionPolicy)``: public in ``torch.distributed.fsdp`` from torch
+    2.6; torch 2.4-2.5 (the Docker image's pin) ship the same API as
+    ``torch.distributed._composable.fsdp``."""
+    try:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    except ImportError:
+        from torch.distributed._composable.fsdp import MixedPrecisionPolicy, fully_shard
+    return fully_shard, MixedPrecisionPolicy
+
+
 def mixed_precision_policy(name: str) -> Any:
     """``none``: compute in the parameters' dtype; ``bf16``: bf16 compute, fp32 gradient reduction."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy
+    _, MixedPrecisionPolicy = fsdp2_api()
 
     if name == "bf16":
         return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -195,7 +210,7 @@ def apply_fsdp2(model: nn.Module, units: Sequence[tuple[str, nn.Module]], mesh: 
                 mixed_precision: str = "none", activation_checkpointing: bool = False) -> dict[str, Any]:
     """``fully_shard`` each unit, then the root (which takes every parameter left over, tied
     weights included), on the given 1-D mesh; returns what was done, for the summary."""
-    from torch.distributed.fsdp import fully_shard
+    fully_shard, _ = fsdp2_api()
 
     units = list(units)
     if activation_checkpointing:

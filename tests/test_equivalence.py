@@ -37,9 +37,11 @@ CASES = [
     Case("grad_accum-digits", dict(DIGITS, method="grad_accum", micro_batches=4), SUM_RTOL),
     Case("optex-N1-synthetic", dict(TASKS["synthetic"], **SCHEDULE, method="optex", P=1, optimizer="adam"), SUM_RTOL,
          "one worker: no proxy step, OptEx is plain training (its own functional update)"),
-    Case("ddp-digits", dict(DIGITS, method="ddp", nproc=2), SUM_RTOL),
-    Case("naive_dp-digits", dict(DIGITS, method="naive_dp", nproc=2, inject_fault={"rank": 1, "kind": "slow_comm"}),
-         SUM_RTOL, "rank 1's collectives slowed: checks the time split too"),
+    Case("ddp-digits", dict(DIGITS, method="ddp", nproc=2, augment=True), SUM_RTOL,
+         "augmentation on: each rank augments its shard of serial's global batch as serial does"),
+    Case("naive_dp-digits", dict(DIGITS, method="naive_dp", nproc=2, augment=True,
+                                 inject_fault={"rank": 1, "kind": "slow_comm"}),
+         SUM_RTOL, "augmentation on; rank 1's collectives slowed: checks the time split too"),
     Case("ddp-synthetic", dict(TASKS["synthetic"], **SCHEDULE, method="ddp", nproc=2, optimizer="adam"), SUM_RTOL),
     # asynchronous pipelines: mini-batch 0 runs on the initial weights on every stage, so their
     # first update is serial's (later ones are stale or predicted by design: not serial's)

@@ -393,6 +393,24 @@ def test_optex_comparison_and_figure_are_generated(optex_results: optex.Results)
         optex.check_optima(optex_results)
 
 
+def test_shared_launches_run_a_repeated_config_once_and_give_the_separate_runs_metrics(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs sharing a torchrun launch are the runs a launch of their own gives (bitwise)."""
+    from paso_core.launch import launch
+
+    monkeypatch.setenv("PASO_ARTIFACTS", str(tmp_path / "shared"))
+    base = dict(task="synthetic", function="ackley", dim=32, steps=6, lr=1e-2, progress=False, nproc=2)
+    a = common.planned_config(dict(base, method="optex", P=2, proxy="stale"))
+    b = common.planned_config(dict(base, method="paso", P=2))
+    results = common.run_plan([a, b, a], log=lambda _: None, share_launches=True)
+    assert results[0] is results[2] and results[0].path != results[1].path
+    monkeypatch.setenv("PASO_ARTIFACTS", str(tmp_path / "alone"))
+    alone = launch(a)
+    assert alone.path != results[0].path
+    pd.testing.assert_frame_equal(alone.metrics[["train_loss", "grad_est_cosine"]],
+                                  results[0].metrics[["train_loss", "grad_est_cosine"]])
+
+
 def test_optex_run_all_groups_by_function_and_method() -> None:
     plan = optex.prepare({"functions": ["sphere", "ackley"]}, "smoke")
 

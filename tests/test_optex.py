@@ -15,6 +15,7 @@ import torch
 
 import paso_core
 from paso_core import ConfigError, RunConfig, report, validate
+from paso_core.launch import launch_all
 from paso_core.methods.optex import (
     OFFICIAL_JAX,
     OptexCore,
@@ -197,11 +198,22 @@ def test_checkpoint_round_trip_continues_identically() -> None:
 
 
 # ------------------------------------------------------------------ end to end
-def test_optex_end_to_end_matches_single_process_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PASO_ARTIFACTS", str(tmp_path))
-    opts = dict(function="ackley", dim=64, steps=9, P=2, history=5, tune_every=2, lr=1e-2, seed=3,
-                grad_clip=5.0, progress=False)
-    result = paso_core.run(method="optex", task="synthetic", **opts)
+E2E = dict(function="ackley", dim=64, steps=9, P=2, history=5, tune_every=2, lr=1e-2, seed=3, grad_clip=5.0,
+           progress=False)
+E2E_OFFICIAL = dict(function="ackley", dim=48, steps=8, P=2, lr=1e-2, seed=4, progress=False, **OFFICIAL_JAX)
+
+
+@pytest.fixture(scope="module")
+def e2e_runs(tmp_path_factory: pytest.TempPathFactory) -> list[RunResult]:
+    """Both end-to-end runs in one torchrun launch (same world)."""
+    root = tmp_path_factory.mktemp("optex_e2e")
+    return launch_all([RunConfig.from_dict(dict(method="optex", task="synthetic", out_dir=str(root / name), **opts))
+                       for name, opts in (("project", E2E), ("official", E2E_OFFICIAL))])
+
+
+def test_optex_end_to_end_matches_single_process_reference(e2e_runs: list[RunResult]) -> None:
+    opts = E2E
+    result = e2e_runs[0]
     m, s = result.metrics, result.summary
     assert s["status"] == "completed"
     assert REQUIRED_COLUMNS <= set(m.columns)
@@ -226,13 +238,11 @@ def test_optex_end_to_end_matches_single_process_reference(tmp_path: Path, monke
     assert m["train_loss"].tolist() == pytest.approx([r["train_loss"] for r in records], rel=1e-5)
 
 
-def test_optex_official_jax_settings_under_torchrun_match_the_reference(tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_optex_official_jax_settings_under_torchrun_match_the_reference(e2e_runs: list[RunResult]) -> None:
     """The proxy options reach every rank: a zero first estimate (no broadcast), the fixed
     length scale and the official input scaling give the single-process trajectory."""
-    monkeypatch.setenv("PASO_ARTIFACTS", str(tmp_path))
-    opts = dict(function="ackley", dim=48, steps=8, P=2, lr=1e-2, seed=4, progress=False, **OFFICIAL_JAX)
-    result = paso_core.run(method="optex", task="synthetic", **opts)
+    opts = E2E_OFFICIAL
+    result = e2e_runs[1]
     m, s = result.metrics, result.summary
     assert m["proxy"].tolist() == ["zero", "gp", "gp", "gp"] and s["lengthscale_tunes"] == 0
     assert (s["proxy"], s["first_proxy"], s["normalization"]) == ("gp", "zero", "mean_sqrt_norm")

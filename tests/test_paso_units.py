@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import paso_core
-from paso_core.config import ConfigError
+from paso_core.config import ConfigError, RunConfig
+from paso_core.launch import launch_all
 from paso_core.methods.paso import Window, accepted_steps, updated_threshold, window_statistic
 
 from test_paso_exact import assert_equals_serial, reference_parameters
@@ -59,11 +60,16 @@ def test_relay_rollout_is_exact_with_coupled_weight_decay(optimizer: str) -> Non
     assert_equals_serial(reference_parameters(options), final, result.summary)
 
 
+def _one_launch(*runs: dict) -> list:
+    """Runs of the same world in one torchrun launch (start-up paid once)."""
+    return launch_all([RunConfig.from_dict(options) for options in runs])
+
+
 def test_threshold_trades_accuracy_for_fewer_iterations() -> None:
     options = dict(task="synthetic", function="ackley", dim=500, steps=60, lr=1e-2, optimizer="adam",
                    seed=0, progress=False)
-    exact = paso_core.run(method="paso", P=4, threshold=0.0, ema_decay=1.0, **options)
-    loose = paso_core.run(method="paso", P=4, threshold=1e-2, ema_decay=0.99, **options)
+    exact, loose = _one_launch(dict(method="paso", P=4, threshold=0.0, ema_decay=1.0, **options),
+                               dict(method="paso", P=4, threshold=1e-2, ema_decay=0.99, **options))
     assert loose.summary["iterations"] < exact.summary["iterations"]
     assert loose.summary["grad_evals"] <= 4 * loose.summary["iterations"]
     metrics = loose.metrics
@@ -77,10 +83,10 @@ def test_threshold_trades_accuracy_for_fewer_iterations() -> None:
 def test_extrapolated_init_keeps_exactness() -> None:
     options = dict(task="synthetic", function="ackley", dim=200, steps=15, lr=1e-2, optimizer="momentum",
                    seed=4, progress=False)
-    result = paso_core.run(method="paso", P=3, init="extrapolate", threshold=0.0, ema_decay=1.0, **options)
+    result, loose = _one_launch(dict(method="paso", P=3, init="extrapolate", threshold=0.0, ema_decay=1.0, **options),
+                                dict(method="paso", P=3, init="extrapolate", threshold=1e-2, ema_decay=0.99, **options))
     final = torch.load(result.path / "final.pt", weights_only=True)
     assert_equals_serial(reference_parameters(options), final, result.summary)
-    loose = paso_core.run(method="paso", P=3, init="extrapolate", threshold=1e-2, ema_decay=0.99, **options)
     assert loose.summary["iterations"] < 15
 
 

@@ -7,10 +7,10 @@ import os
 import pytest
 
 from paso_core import reproduce
-from paso_core.config import RunConfig
+from paso_core.config import RunConfig, validate
 from paso_core.launch import launch
 from paso_core.provenance import REPO, repo_relative
-from paso_core.runs import CODE_DIGEST_FILE, REUSE_ENV, REUSE_LOG_ENV, REUSE_SINCE_ENV
+from paso_core.runs import CODE_DIGEST_FILE, REUSE_ENV, REUSE_LOG_ENV, REUSE_SINCE_ENV, reusable_run
 
 
 def test_index_lists_figures_tables_and_failures(tmp_path) -> None:
@@ -70,7 +70,8 @@ def test_reused_runs_are_counted_per_job_and_kept_in_the_index(tmp_path) -> None
 
 def test_a_finished_run_of_the_same_config_and_code_is_reused(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keyed by config and code: the second launch returns the first run untouched; another
-    option value, other code, or reuse off (``--force``) runs again."""
+    option value, other code, reuse off, or (``--force``) a run older than the invocation is
+    not reused (checked on :func:`reusable_run`, the launch's own test, without relaunching)."""
     options = dict(method="serial", task="synthetic", function="sphere", dim=16, steps=4, progress=False,
                    threads_per_worker=1, out_dir=str(tmp_path / "run"))
     monkeypatch.setenv(REUSE_ENV, "1")
@@ -84,26 +85,20 @@ def test_a_finished_run_of_the_same_config_and_code_is_reused(tmp_path, monkeypa
 
     launch(RunConfig.from_dict(dict(options, lr=0.05)))  # another config: a new run in the same directory
     assert (first.path / "metrics.csv").stat().st_mtime_ns != stamp
-    stamp = (first.path / "metrics.csv").stat().st_mtime_ns
-    (first.path / CODE_DIGEST_FILE).write_text("made-by-other-code\n")
-    launch(RunConfig.from_dict(dict(options, lr=0.05)))
-    assert (first.path / "metrics.csv").stat().st_mtime_ns != stamp
-    stamp = (first.path / "metrics.csv").stat().st_mtime_ns
-    monkeypatch.delenv(REUSE_ENV)
-    launch(RunConfig.from_dict(dict(options, lr=0.05)))
-    assert (first.path / "metrics.csv").stat().st_mtime_ns != stamp
     assert len((tmp_path / "reused.log").read_text().split()) == 1
-    # --force: only runs finished since the reproduce-all started are shared between its jobs
-    monkeypatch.setenv(REUSE_ENV, "1")
+    cfg = validate(RunConfig.from_dict(dict(options, lr=0.05)))  # as the launch resolves it
+    assert reusable_run(cfg) == first.path
     finished = (first.path / "summary.json").stat().st_mtime
-    monkeypatch.setenv(REUSE_SINCE_ENV, repr(finished - 60))
-    assert launch(RunConfig.from_dict(dict(options, lr=0.05))).path == first.path
-    assert len((tmp_path / "reused.log").read_text().split()) == 2
-    monkeypatch.setenv(REUSE_SINCE_ENV, repr(finished + 60))
-    stamp = (first.path / "metrics.csv").stat().st_mtime_ns
-    launch(RunConfig.from_dict(dict(options, lr=0.05)))
-    assert (first.path / "metrics.csv").stat().st_mtime_ns != stamp
-    assert len((tmp_path / "reused.log").read_text().split()) == 2
+    monkeypatch.setenv(REUSE_SINCE_ENV, repr(finished - 60))  # --force: made in this invocation
+    assert reusable_run(cfg) == first.path
+    monkeypatch.setenv(REUSE_SINCE_ENV, repr(finished + 60))  # --force: made before it
+    assert reusable_run(cfg) is None
+    monkeypatch.delenv(REUSE_SINCE_ENV)
+    monkeypatch.delenv(REUSE_ENV)
+    assert reusable_run(cfg) is None
+    monkeypatch.setenv(REUSE_ENV, "1")
+    (first.path / CODE_DIGEST_FILE).write_text("made-by-other-code\n")
+    assert reusable_run(cfg) is None
 
 
 def test_only_runs_from_before_the_invocation_count_as_reused_earlier(tmp_path) -> None:

@@ -210,9 +210,10 @@ def test_byte_formulas() -> None:
 def test_fsdp2_torch_versions() -> None:
     bad = sharding.fsdp2_cpu_problem("2.7.1+cpu", "cpu")
     assert bad is not None and "2.7.1+cpu" in bad and "world size" in bad
-    assert sharding.fsdp2_cpu_problem("2.6.0", "cpu") is not None
-    assert sharding.fsdp2_cpu_problem("2.8.0", "cpu") is not None
-    assert sharding.fsdp2_cpu_problem("2.5.1", "cpu") is None
+    assert "world size" in sharding.fsdp2_cpu_problem("2.8.0", "cpu")
+    for older in ("2.5.1+cu124", "2.6.0"):  # stops at the first step: refused before launch instead
+        assert "requires CUDA for streams" in sharding.fsdp2_cpu_problem(older, "cpu")
+    assert sharding.fsdp2_cpu_problem("2.5.1", "cuda") is None  # the image's torch, via _composable.fsdp
     assert sharding.fsdp2_cpu_problem("2.9.1", "cpu") is None
     assert sharding.fsdp2_cpu_problem("2.14.1", "cpu") is None
     assert sharding.fsdp2_cpu_problem("2.7.1", "cuda") is None

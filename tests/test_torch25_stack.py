@@ -130,7 +130,8 @@ def test_known_broken_engines_depend_on_torch_and_device() -> None:
         assert torch25_check.known_broken(method, "2.14.1") is None
         assert torch25_check.known_broken(method, "2.14.1", device="cuda") is None
     # on CUDA only the import is missing (FSDP2 before 2.6); the CPU/gloo problems are gloo's
-    assert "fully_shard" in torch25_check.known_broken("fsdp2_tp", "2.5.1", device="cuda")
+    assert torch25_check.known_broken("fsdp2_tp", "2.5.1", device="cuda") is None  # via _composable.fsdp
+    assert "CUDA for streams" in torch25_check.known_broken("fsdp2", "2.5.1")
     assert torch25_check.known_broken("fsdp2", "2.7.1", device="cuda") is None
     assert torch25_check.known_broken("pp", "2.5.1", device="cuda") is None
     assert "162338" in torch25_check.known_broken("fsdp2", "2.7.1")

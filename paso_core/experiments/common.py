@@ -25,6 +25,7 @@ which runs form the baseline are the calling experiment's business.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -282,7 +283,8 @@ def _headline(summary: Mapping[str, Any], keys: Sequence[str]) -> str:
 
 def run_plan(configs: Sequence[RunConfig], *, runner: Runner | None = None, log: Callable[[str], None] = print,
              describe: Callable[[RunConfig], str] = describe_config, headline: Sequence[str] = (),
-             keep_nonfinite: bool = False, sample_load: bool = False) -> list[RunResult]:
+             keep_nonfinite: bool = False, sample_load: bool = False,
+             share_launches: bool = False) -> list[RunResult]:
     """Run ``configs`` in order, one torchrun job at a time; the results in the same order.
 
     One at a time because the methods are compared on wall time: concurrent jobs would
@@ -293,10 +295,27 @@ def run_plan(configs: Sequence[RunConfig], *, runner: Runner | None = None, log:
     whose loss became NaN/inf (a loose tolerance can do that) is kept as a partial result
     with ``status='nonfinite'``; any other failure stops the plan with the worker's error.
     ``runner`` (default :func:`paso_core.launch.launch`) is injectable for tests.
+
+    ``share_launches``: for studies that compare iterations or quality, not wall time, runs
+    with the same process options share one torchrun launch
+    (:func:`paso_core.launch.launch_grouped`; seconds of start-up saved per run). A run's
+    training time is still its own; ``launch_time_s`` is its launch's time over its runs.
     """
-    from ..launch import NonFiniteLossError, launch
+    from ..launch import NonFiniteLossError, launch, launch_grouped
     from ..runs import load_run
 
+    if share_launches and runner is None and not (keep_nonfinite or sample_load):
+        tic = time.perf_counter()
+        keys = [json.dumps(c.to_dict(), sort_keys=True, default=str) for c in configs]
+        unique = dict(zip(keys, configs))  # a plan may name one run twice: run it once
+        done = dict(zip(unique, launch_grouped(list(unique.values()))))
+        results = [done[k] for k in keys]
+        for i, (cfg, result) in enumerate(zip(configs, results), 1):
+            result.summary["launch_time_s"] = (time.perf_counter() - tic) / len(configs)
+            log(f"[{i}/{len(configs)}] {describe(cfg)}: {result.summary.get('status')} "
+                f"({_headline(result.summary, headline)})")
+        log(f"all {len(configs)} runs finished in {time.perf_counter() - tic:.0f} s (shared launches)")
+        return results
     runner = runner or launch
     results: list[RunResult] = []
     started = time.perf_counter()

@@ -189,8 +189,10 @@ def check_optima(results: Results) -> None:
 
 
 def run_all(plan: Plan, log: Callable[[str], None] = print, runner: common.Runner | None = None) -> Results:
-    """Run the plan one torchrun job at a time and group the results by function and method."""
-    runs = common.run_plan(plan.configs, runner=runner, log=log, describe=describe_config, headline=("final_gap",))
+    """Run the plan (runs with the same worker count share a torchrun launch) and group the
+    results by function and method."""
+    runs = common.run_plan(plan.configs, runner=runner, log=log, describe=describe_config, headline=("final_gap",),
+                           share_launches=True)  # iterations are compared, not wall time
     results = group(runs, plan.params["functions"])
     check_optima(results)
     return results

@@ -174,10 +174,11 @@ Results = dict[tuple[str, str], dict[str, list[RunResult]]]
 
 
 def run_all(plan: Plan, log: Callable[[str], None] = print, runner: common.Runner | None = None) -> Results:
-    """Every planned run, one torchrun job at a time, grouped ``{(setting, function): {variant: runs}}``."""
+    """Every planned run (those with the same worker count share a torchrun launch), grouped
+    ``{(setting, function): {variant: runs}}``."""
     describe = lambda cfg: common.describe_config(cfg, ("function", "optimizer", "lr", "proxy"))  # noqa: E731
     runs = common.run_plan([r.config for r in plan.runs], runner=runner, log=log, describe=describe,
-                           headline=("final_gap",))
+                           headline=("final_gap",), share_launches=True)  # gaps compared, not wall time
     return group(plan.runs, runs)
 
 
