@@ -215,6 +215,15 @@ def update_readme_times(readme: Path, root: Path) -> bool:
     return bool(jobs) and replace_block(readme, TIMES_START, TIMES_END, times_markdown(jobs))
 
 
+def output_root(scale: str) -> Path:
+    """Where a reproduce-all writes: ``$PASO_ARTIFACTS`` if set, else the checkout's
+    ``artifacts/``, except that a smoke run goes to ``artifacts/smoke/`` (git-ignored), so a
+    kick-the-tires run never overwrites the committed default-scale artifacts (several tables
+    and every benchmark keep one name across scales)."""
+    root = artifacts_root()
+    return root / "smoke" if scale == "smoke" and not os.environ.get("PASO_ARTIFACTS") else root
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=SCALES, default="default")
@@ -224,12 +233,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="rerun every run made before this invocation (default: reuse finished runs "
                              "whose config and code are the same)")
     args = parser.parse_args(argv)
-    root = artifacts_root()
-    root.mkdir(parents=True, exist_ok=True)
+    root = output_root(args.scale)
     wanted = set(args.only) if args.only else set(NOTEBOOKS) | set(BENCHMARKS)
     unknown = wanted - set(NOTEBOOKS) - set(BENCHMARKS)
     if unknown:
         parser.error(f"unknown job(s) {sorted(unknown)}; choose from {', '.join(NOTEBOOKS + tuple(BENCHMARKS))}")
+    os.environ["PASO_ARTIFACTS"] = str(root)  # the notebooks' kernels and the benchmarks write there too
+    root.mkdir(parents=True, exist_ok=True)
     started = time.time()
     os.environ[REUSE_ENV] = "1"  # inherited by the notebooks' kernels and the benchmarks
     if args.force:  # rerun everything, but jobs still share the runs made in this invocation

@@ -54,6 +54,15 @@ def test_failing_benchmark_is_reported_not_raised(tmp_path, monkeypatch: pytest.
 
 
 # ------------------------------------------------------------------ reuse, HTML, relative paths
+def test_a_smoke_reproduce_all_never_overwrites_the_default_artifacts(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PASO_ARTIFACTS", raising=False)
+    assert reproduce.output_root("smoke") == REPO / "artifacts" / "smoke"
+    assert reproduce.output_root("default") == reproduce.output_root("paper") == REPO / "artifacts"
+    assert "artifacts/smoke/" in (REPO / ".gitignore").read_text().splitlines()
+    monkeypatch.setenv("PASO_ARTIFACTS", str(tmp_path))  # an explicit root wins at every scale
+    assert reproduce.output_root("smoke") == reproduce.output_root("default") == tmp_path
+
+
 def test_reused_runs_are_counted_per_job_and_kept_in_the_index(tmp_path) -> None:
     def job() -> reproduce.JobResult:
         import os
