@@ -300,6 +300,8 @@ def run_plan(configs: Sequence[RunConfig], *, runner: Runner | None = None, log:
     with the same process options share one torchrun launch
     (:func:`paso_core.launch.launch_grouped`; seconds of start-up saved per run). A run's
     training time is still its own; ``launch_time_s`` is its launch's time over its runs.
+    It is ignored (one launch per run) with a test ``runner``, ``keep_nonfinite`` (a NaN run
+    must not end the runs after it in its launch) or ``sample_load`` (sampled between runs).
     """
     from ..launch import NonFiniteLossError, launch, launch_grouped
     from ..runs import load_run
