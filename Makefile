@@ -18,13 +18,18 @@ $(VENV)/.installed: pyproject.toml
 
 # Unit + integration tests, then every notebook executed by nbmake at smoke scale
 # (PASO_SCALE=smoke), writing into a throw-away artifacts directory.
+# The suite's runs, logs and notebooks (~0.5 GB) go to a temporary directory, removed when the
+# suite passes and kept, with its path printed, when it fails.
+KEEP_ON_FAILURE = rc=$$?; if [ $$rc -eq 0 ]; then rm -rf "$$T"; \
+	else echo "$@: failed (exit $$rc); its runs, logs and executed notebooks are kept in $$T"; fi; exit $$rc
+
 test: setup
-	T=$$(mktemp -d) && PASO_SCALE=smoke PASO_ARTIFACTS=$$T/artifacts $(PY) -m pytest -q tests \
-	  --nbmake notebooks --nbmake-timeout=900 --basetemp=$$T/pytest --durations=15
+	@T=$$(mktemp -d); PASO_SCALE=smoke PASO_ARTIFACTS=$$T/artifacts $(PY) -m pytest -q tests \
+	  --nbmake notebooks --nbmake-timeout=900 --basetemp=$$T/pytest --durations=15; $(KEEP_ON_FAILURE)
 
 test-all: setup
-	T=$$(mktemp -d) && PASO_SCALE=smoke PASO_ARTIFACTS=$$T/artifacts $(PY) -m pytest -q -m "slow or not slow" \
-	  tests --nbmake notebooks --nbmake-timeout=900 --basetemp=$$T/pytest --durations=15
+	@T=$$(mktemp -d); PASO_SCALE=smoke PASO_ARTIFACTS=$$T/artifacts $(PY) -m pytest -q -m "slow or not slow" \
+	  tests --nbmake notebooks --nbmake-timeout=900 --basetemp=$$T/pytest --durations=15; $(KEEP_ON_FAILURE)
 
 # SCALE=smoke|default|paper; ONLY="cifar_paso paso_placement" runs those jobs; finished runs of
 # the same config and code are reused unless FORCE=1.
@@ -45,11 +50,11 @@ clean-runs:
 # The explorer notebook (notebooks/explore.ipynb) in a real browser: Voilà on a free localhost port,
 # driven by headless Chromium (Debian's /usr/bin/chromium: `apt-get install chromium`; PASO_CHROMIUM=
 # another binary) through playwright, no browser download. ~30 s on 2 cores; not part of `make test`.
-# Screenshots: under the pytest tmp dir and artifacts/tmp/browser/ (git-ignored).
+# Screenshots: artifacts/tmp/browser/ (git-ignored), and under the pytest tmp dir when the test fails.
 .PHONY: test-browser
 test-browser: setup $(VENV)/.browser
-	T=$$(mktemp -d) && PASO_BROWSER_REQUIRED=1 PASO_SCALE=smoke PASO_ARTIFACTS=$$T/artifacts $(PY) -m pytest -q -s \
-	  -m browser tests/test_browser.py --basetemp=$$T/pytest --durations=5
+	@T=$$(mktemp -d); PASO_BROWSER_REQUIRED=1 PASO_SCALE=smoke PASO_ARTIFACTS=$$T/artifacts $(PY) -m pytest -q -s \
+	  -m browser tests/test_browser.py --basetemp=$$T/pytest --durations=5; $(KEEP_ON_FAILURE)
 
 $(VENV)/.browser: pyproject.toml
 	$(PY) -m pip install -q -e ".[browser]"
@@ -83,4 +88,4 @@ test-torch25: setup-torch25
 	PYTHON=$(abspath $(PY25)) PASO_ARTIFACTS=$(if $(OUT),$(abspath $(OUT)),$$T/artifacts) docker/entrypoint.sh \
 	  stack-check --task $(CANARY_TASK) || { rc=1; engines=FAILED; }; \
 	echo "test-torch25: unit tests $$tests, engine check $$engines (torch $$($(PY25) -c 'import torch; print(torch.__version__)'))"; \
-	exit $$rc
+	if [ $$rc -eq 0 ]; then rm -rf "$$T"; else echo "test-torch25: runs and logs kept in $$T"; fi; exit $$rc

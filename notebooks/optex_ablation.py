@@ -38,7 +38,7 @@
 # | scale | functions | settings | d | T | N | seeds | log10 check |
 # |---|---|---|---|---|---|---|---|
 # | `smoke` | ackley | adam_paper_lr | 200 | 40 | 2 | 1 | d=200, T=40, 1 seed |
-# | `default` | sphere, ackley | all three | 2 000 | 300 | 4 | 1 | d=1e4, T=1000, 3 seeds |
+# | `default` | sphere, ackley | all three | 2 000 | 300 | 4 | 3 | d=1e4, T=1000, 3 seeds |
 # | `paper` | sphere, ackley, rosenbrock | all three | 10 000 | 1 000 | 8 | 3 | d=1e4, T=1000, 3 seeds |
 #
 # ```bash

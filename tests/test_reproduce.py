@@ -182,12 +182,20 @@ def test_saved_tables_record_paths_relative_to_the_checkout(tmp_path) -> None:
     assert record["config"]["out_dir"] == "artifacts/runs/serial-x" and str(REPO) not in (tables / "t.json").read_text()
 
 
-def test_readme_job_times_come_from_the_index(tmp_path) -> None:
-    jobs = [reproduce.JobResult("engine_canary", True, 30, "benchmarks/engine_canary.py"),
-            reproduce.JobResult("cifar_paso", True, 150, "notebooks/cifar_paso.ipynb")]
-    reproduce.write_index(tmp_path, "default", jobs)
+def test_readme_job_times_keep_each_jobs_time_of_its_last_fresh_run(tmp_path) -> None:
     readme = tmp_path / "README.md"
-    readme.write_text(f"a\n{reproduce.TIMES_START}\nold\n{reproduce.TIMES_END}\nb\n")
-    assert reproduce.update_readme_times(readme, tmp_path)
+    readme.write_text(f"a\n{reproduce.TIMES_START}\n\n| job | minutes | runs reused |\n|---|---|---|\n"
+                      f"| engine_canary | 0.5 | 0 |\n| cifar_paso | 2.0 | 0 |\n| **all** | **2** | |\n\n"
+                      f"{reproduce.TIMES_END}\nb\n")
+    jobs = [reproduce.JobResult("cifar_paso", True, 3, "notebooks/cifar_paso.ipynb", reused=17, reused_earlier=17),
+            reproduce.JobResult("engine_canary", False, 5, "Traceback")]
+    assert reproduce.update_readme_times(readme, jobs) == []  # reused older runs, or failed: no row changes
+    assert "| cifar_paso | 2.0 | 0 |" in readme.read_text()
+    jobs = [reproduce.JobResult("cifar_paso", True, 150, "notebooks/cifar_paso.ipynb", reused=2, reused_earlier=0),
+            reproduce.JobResult("optex_ablation", True, 60, "notebooks/optex_ablation.ipynb")]
+    assert reproduce.update_readme_times(readme, jobs) == ["cifar_paso", "optex_ablation"]
     text = readme.read_text()
-    assert "| cifar_paso | 2.5 | 0 |" in text and "| **all** | **3** | |" in text and "old" not in text
+    assert text.startswith("a\n") and text.endswith("b\n")
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "minutes" not in line]
+    assert rows == ["| engine_canary | 0.5 | 0 |", "| optex_ablation | 1.0 | 0 |", "| cifar_paso | 2.5 | 2 |",
+                    "| **all** | **4** | |"]
