@@ -88,4 +88,4 @@ test-torch25: setup-torch25
 	PYTHON=$(abspath $(PY25)) PASO_ARTIFACTS=$(if $(OUT),$(abspath $(OUT)),$$T/artifacts) docker/entrypoint.sh \
 	  stack-check --task $(CANARY_TASK) || { rc=1; engines=FAILED; }; \
 	echo "test-torch25: unit tests $$tests, engine check $$engines (torch $$($(PY25) -c 'import torch; print(torch.__version__)'))"; \
-	if [ $$rc -eq 0 ]; then rm -rf "$$T"; else echo "test-torch25: runs and logs kept in $$T"; fi; exit $$rc
+	(exit $$rc); $(KEEP_ON_FAILURE)

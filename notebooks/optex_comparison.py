@@ -37,7 +37,7 @@
 # | scale | functions | d | T | workers | seeds | meant for |
 # |---|---|---|---|---|---|---|
 # | `smoke` | ackley | 200 | 40 | 2 | 1 | CI, under a minute |
-# | `default` | sphere, ackley, rosenbrock | 2 000 | 300 | 4 | 2 | a 2-core CPU, ~4–7 min |
+# | `default` | sphere, ackley, rosenbrock | 2 000 | 300 | 4 | 2 | a 2-core CPU (measured time: the README's job-time table) |
 # | `paper` | sphere, ackley, rosenbrock | 10 000 | 1 000 | 8 | 3 | the seed's exact settings (hours on 2 cores) |
 #
 # All scales use Adam, lr 1e-3 (Rosenbrock: lr 1e-4 and gradient-norm clip 100), OptEx

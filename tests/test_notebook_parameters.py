@@ -100,3 +100,30 @@ def test_the_notebook_and_its_percent_script_hold_the_same_cells(name: str) -> N
         return [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in nb.cells]
 
     assert cells(script) == cells(notebook), f"run: jupytext --sync notebooks/{name}.py"
+
+
+# ---------------------------------------------------------------------------- scale tables
+def _scale_rows(notebook: str) -> dict[str, dict[str, str]]:
+    """The notebook's Markdown table of scales, as {scale: {column: cell}}."""
+    lines = [line[2:] for line in (ROOT / "notebooks" / f"{notebook}.py").read_text().splitlines()
+             if line.startswith("# | ")]
+    header = next(line for line in lines if line.startswith("| scale |"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| `")]
+    return {cells[0].strip("`"): dict(zip(columns, cells)) for cells in rows if len(cells) == len(columns)}
+
+
+@pytest.mark.parametrize(("notebook", "module", "workers_column"),
+                         [("optex_comparison", "optex", "workers"), ("optex_ablation", "optex_ablation", "N")])
+def test_optex_scale_tables_state_the_presets(notebook: str, module: str, workers_column: str) -> None:
+    """The scale table a reader sees before running is the preset the notebook runs."""
+    import importlib
+
+    presets = importlib.import_module(f"paso_core.experiments.{module}").PRESETS
+    rows = _scale_rows(notebook)
+    assert set(rows) == set(presets)
+    for scale, preset in presets.items():
+        row = rows[scale]
+        assert [f.strip() for f in row["functions"].split(",")] == list(preset["functions"]), scale
+        assert (int(row["d"].replace(" ", "")), int(row["T"].replace(" ", "")), int(row[workers_column]),
+                int(row["seeds"])) == (preset["dim"], preset["steps"], preset["nproc"], len(preset["seeds"])), scale

@@ -71,7 +71,7 @@ PARAMETERS = ("functions", "settings", "variants", "dim", "steps", "nproc", "see
               "reach_rtol", "check_dim", "check_steps", "check_seeds")
 _COMMON = dict(variants=list(VARIANTS), history=20, tune_every=10, reach_rtol=1e-3, check_dim=10_000,
                check_steps=1000)
-#: ``smoke`` for CI (one setting, seconds), ``default`` for a 2-core CPU (about a minute), ``paper``
+#: ``smoke`` for CI (one setting, seconds), ``default`` for a 2-core CPU (measured time: the README's job-time table), ``paper``
 #: the benchmark's d, T and N (hours on 2 cores). The log10 check runs at the paper's
 #: setting except in ``smoke``.
 PRESETS: dict[str, dict[str, Any]] = {
